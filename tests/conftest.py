@@ -16,8 +16,10 @@ def ray_local():
     """A real local Ray with 2 CPUs for one test module, shut down after it."""
     import ray
 
+    from simfarm.farm.local import init_local_ray
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_local_ray(2, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

@@ -72,6 +72,9 @@ class FarmOptions:
         max_in_flight: Unacknowledged batches per worker (backpressure).
         max_job_restarts: A job whose worker process died more often is marked failed.
         coordinator_cpus: CPU reservation of the coordinator actor.
+        runtime_env: Ray runtime_env for the simulation workers (env_vars,
+            working_dir, py_modules, pip, excludes): how user workload code
+            reaches the workers of a cluster.
     """
 
     workers: int | None = None
@@ -83,6 +86,7 @@ class FarmOptions:
     max_in_flight: int = 2
     max_job_restarts: int = 3
     coordinator_cpus: float = 0.1
+    runtime_env: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -388,11 +392,35 @@ def _read_farm(r: ParamReader | None) -> tuple[FarmOptions, int | None]:
         max_in_flight=r.integer("max_in_flight", 2, minimum=1, maximum=1000),
         max_job_restarts=r.integer("max_job_restarts", 3, minimum=0, maximum=1000),
         coordinator_cpus=r.number("coordinator_cpus", 0.1, minimum=0.0, maximum=64.0),
+        runtime_env=_read_runtime_env(r.table_reader("runtime_env")),
     )
     # An alias of [render] workers, kept because the farm table is where Ray users look.
     render_workers = r.integer("render_workers", None, minimum=0, maximum=1024, allow_none=True)
     r.finish()
     return options, render_workers
+
+
+def _read_runtime_env(r: ParamReader | None) -> dict[str, Any] | None:
+    """The ``[farm.runtime_env]`` subset simfarm passes to Ray for its workers."""
+    if r is None:
+        return None
+    env: dict[str, Any] = {}
+    if r.has("env_vars"):
+        env_vars = r.raw("env_vars")
+        if not isinstance(env_vars, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
+        ):
+            raise r.fail("env_vars", "a table of string values", env_vars)
+        env["env_vars"] = dict(env_vars)
+    working_dir = r.string("working_dir", None)
+    if working_dir is not None:
+        env["working_dir"] = working_dir
+    for key in ("py_modules", "pip", "excludes"):
+        values = r.string_list(key, None, unique=False)
+        if values is not None:
+            env[key] = values
+    r.finish()
+    return env or None
 
 
 def _read_render(table: Any, render_workers: int | None) -> Any:

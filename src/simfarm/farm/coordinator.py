@@ -125,6 +125,7 @@ class Coordinator:
         self.order: list[str] = []
         self.leases: dict[str, str] = {}  # worker key -> job id
         self.worker_pids: dict[str, int] = {}
+        self.worker_nodes: dict[str, str] = {}
         self.renders: dict[str, dict[str, Any]] = {}
         self.records_committed = 0
         self.records_dropped = 0
@@ -323,14 +324,17 @@ class Coordinator:
     # ------------------------------------------------------------------
     # Leases
     # ------------------------------------------------------------------
-    def lease(self, worker: str, kind: str, pid: int) -> dict[str, Any] | None:
+    def lease(self, worker: str, kind: str, pid: int, node: str = "") -> dict[str, Any] | None:
         """Give *worker* a job of its *kind*: the one it held (after a restart) or the next pending.
+
+        *pid* and *node* say where the worker runs; the lease's journal entry keeps them.
 
         Returns:
             ``{job_id, workload, params, job_seed, attempt, checkpoint, step}``
             or None when no job of that kind is left.
         """
         self.worker_pids[worker] = pid
+        self.worker_nodes[worker] = node
         held = self.leases.get(worker)
         if held is not None:
             job = self.jobs[held]
@@ -360,7 +364,8 @@ class Coordinator:
         self.leases[worker] = job.job_id
         self._append(
             [{"kind": "lease", "job_id": job.job_id, "worker": worker, "attempt": attempt,
-              "session": self.session}]
+              "session": self.session, "pid": self.worker_pids.get(worker),
+              "node": self.worker_nodes.get(worker)}]
         )
         self._manifest_dirty = True
         ckpt = read_checkpoint(self.paths.root / RunPaths.checkpoint_rel(job.job_id))

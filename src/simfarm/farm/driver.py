@@ -25,6 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from simfarm.errors import RunDirError, SpecError
 from simfarm.farm.coordinator import Coordinator
+from simfarm.farm.local import init_local_ray
 from simfarm.farm.workers import WORKER_CLASSES, thread_env
 from simfarm.progress import Progress
 from simfarm.spec import RunSpec, load_spec, parse_spec
@@ -232,18 +233,12 @@ def _connect(
     if target:
         ray.init(address=target, **common)
         return True
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cores = os.cpu_count() or 1
     cpw = spec.farm.num_cpus_per_worker
     n_workers = workers or spec.farm.workers or max(1, int(cores // cpw))
     # Logical CPUs: room for the workers asked for, the render workers and the coordinator.
     need = n_workers * cpw + render_workers + spec.farm.coordinator_cpus
-    ray.init(
-        num_cpus=max(cores, math.ceil(need - 1e-9)),
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        **common,
-    )
+    init_local_ray(max(cores, math.ceil(need - 1e-9)), dashboard=dashboard, **common)
     return True
 
 
@@ -322,7 +317,7 @@ class _WorkerPool:
             max_restarts=-1,
             max_task_retries=-1,
             scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": thread_env(farm.num_cpus_per_worker)},
+            runtime_env=_worker_runtime_env(farm.runtime_env, farm.num_cpus_per_worker),
         ).remote(
             self.coordinator_name, key, farm.num_cpus_per_worker, gpus, farm.batch_size,
             farm.flush_seconds, farm.max_in_flight,
@@ -356,3 +351,10 @@ class _WorkerPool:
 
 
 _KINDS = ("experiment", "rollout", "generic")
+
+
+def _worker_runtime_env(user: dict[str, Any] | None, num_cpus: float) -> dict[str, Any]:
+    """The spec's ``[farm.runtime_env]`` plus the thread caps (the spec's env_vars win)."""
+    env = dict(user or {})
+    env["env_vars"] = {**thread_env(num_cpus), **env.get("env_vars", {})}
+    return env

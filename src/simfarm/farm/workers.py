@@ -107,7 +107,9 @@ class _SimulationWorker:
             ``{"worker", "jobs", "steps"}`` counted by this process incarnation.
         """
         while True:
-            lease = ray.get(self.coordinator.lease.remote(self.key, self.kind, os.getpid()))
+            lease = ray.get(self.coordinator.lease.remote(
+                self.key, self.kind, os.getpid(), ray.get_runtime_context().get_node_id()
+            ))
             if lease is None:
                 return {"worker": self.key, "jobs": self.jobs_run, "steps": self.steps_run}
             self._run_job(lease)
