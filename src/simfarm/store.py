@@ -30,13 +30,18 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from simfarm.errors import RunDirError
 from simfarm.records import EpisodeTrace, json_safe
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where tables are built, not here: the coordinator loads
+# this module on its start-up path and needs pandas only when the run ends.
 
 __all__ = [
     "MANIFEST",
@@ -272,6 +277,8 @@ def build_tables(
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
     if not rows:
         return pd.DataFrame(columns=list(KEY_COLUMNS))
     frame = pd.DataFrame.from_records(rows)
@@ -432,6 +439,8 @@ def open_run(path: str | Path) -> RunResult:
     Raises:
         RunDirError: When *path* is not a simfarm run directory.
     """
+    import pandas as pd
+
     root = Path(path)
     manifest = read_manifest(root)
     jobs = manifest.get("jobs", [])

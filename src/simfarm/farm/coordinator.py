@@ -174,7 +174,7 @@ class Coordinator:
     def _open_journal(self, extra: list[dict[str, Any]]) -> None:
         self._journal_file = open(self.paths.journal, "ab")  # noqa: SIM115 - held for the actor's life
         self._append([{"kind": "session", "session": self.session, "pid": os.getpid(), "time": _now()},
-                      *extra])
+                      *extra], durable=bool(extra))
         self._write_manifest()
 
     # ------------------------------------------------------------------
@@ -268,11 +268,19 @@ class Coordinator:
     # ------------------------------------------------------------------
     # Writing
     # ------------------------------------------------------------------
-    def _append(self, entries: list[dict[str, Any]]) -> None:
+    def _append(self, entries: list[dict[str, Any]], *, durable: bool = True) -> None:
+        """Append journal lines; *durable* also fsyncs them.
+
+        A flushed write survives the death of this process either way (it is
+        in the OS's page cache); fsync adds survival of an OS crash or power
+        loss, which committed records need and bookkeeping lines (leases,
+        sessions, renders: all re-derivable) do not.
+        """
         data = b"".join(dumps_json(e) + b"\n" for e in entries)
         self._journal_file.write(data)
         self._journal_file.flush()
-        os.fsync(self._journal_file.fileno())
+        if durable:
+            os.fsync(self._journal_file.fileno())
 
     def _manifest(self) -> dict[str, Any]:
         jobs = []
@@ -317,8 +325,10 @@ class Coordinator:
             },
         }
 
-    def _write_manifest(self) -> None:
-        atomic_write(self.paths.manifest, dumps_json(self._manifest(), indent=1))
+    def _write_manifest(self, *, durable: bool = False) -> None:
+        # The manifest is a view of the journal: renaming it into place keeps
+        # readers safe; only the final one is worth an fsync.
+        atomic_write(self.paths.manifest, dumps_json(self._manifest(), indent=1), fsync=durable)
         self._manifest_dirty = False
 
     # ------------------------------------------------------------------
@@ -365,7 +375,8 @@ class Coordinator:
         self._append(
             [{"kind": "lease", "job_id": job.job_id, "worker": worker, "attempt": attempt,
               "session": self.session, "pid": self.worker_pids.get(worker),
-              "node": self.worker_nodes.get(worker)}]
+              "node": self.worker_nodes.get(worker), "time": round(time.time(), 3)}],
+            durable=False,
         )
         self._manifest_dirty = True
         ckpt = read_checkpoint(self.paths.root / RunPaths.checkpoint_rel(job.job_id))
@@ -430,7 +441,7 @@ class Coordinator:
             entries.append({"kind": "job", "job_id": job.job_id, "event": "failed", "error": error,
                             "traceback": batch.get("traceback")})
         elif done:
-            entries.append({"kind": "job", "job_id": job.job_id, "event": "done"})
+            entries.append({"kind": "job", "job_id": job.job_id, "event": "done", "time": round(time.time(), 3)})
         if entries:
             self._append(entries)
         for entry in entries:
@@ -594,10 +605,10 @@ class Coordinator:
             self.status = "failed" if any(j.status == "failed" for j in self.jobs.values()) else "done"
             self.manifest_extra["finished"] = _now()
         self._append([{"kind": "run", "event": "finish", "status": self.status, "time": _now()}])
-        self._write_manifest()
+        self._write_manifest(durable=True)
         if self.status != "interrupted":
             self._finish_renders(tables)
-        self._write_manifest()
+        self._write_manifest(durable=True)
         if self._render_pool is not None:
             self._render_pool.shutdown()
             self._render_pool = None
@@ -676,7 +687,7 @@ class Coordinator:
         entry = {"kind": "render", "key": meta["key"], "task": meta["task"], "job_id": meta["job_id"],
                  "status": "failed" if error else "done", "error": error, "outputs": written}
         self.renders[str(meta["key"])] = entry
-        self._append([entry])
+        self._append([entry], durable=False)
         self._manifest_dirty = True
 
     def _finish_renders(self, tables: dict[str, Any]) -> None:

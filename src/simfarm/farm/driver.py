@@ -163,12 +163,17 @@ def _execute(
                 "retry_failed": retry_failed,
             },
         )
-        status = _call(coordinator.start, spec.raw, [job.to_json() for job in spec.jobs])
+        started = coordinator.start.remote(spec.raw, [job.to_json() for job in spec.jobs])
+        pool = _WorkerPool(coordinator, coordinator_name, spec, slots)
+        if mode == "new":
+            # Every job is pending: start the workers while the coordinator
+            # sets up (their first lease calls queue behind start()).
+            pool.rebalance({"pending_by_kind": spec.workers_needed, "running_by_kind": {}})
+        status = _get(started)
         progress.message(
             f"{spec.name}: {len(spec.jobs)} jobs on {slots} worker(s) -> {run_dir}"
             + (" (resumed)" if mode == "resume" else "")
         )
-        pool = _WorkerPool(coordinator, coordinator_name, spec, slots)
         while status["pending"] + status["running"] > 0:
             pool.rebalance(status)
             pool.wait(0.5)
@@ -198,8 +203,13 @@ def _execute(
 
 
 def _call(method: Any, *args: Any) -> Any:
+    return _get(method.remote(*args))
+
+
+def _get(ref: Any) -> Any:
+    """``ray.get`` of a coordinator call, turning its death into a one-line error."""
     try:
-        return ray.get(method.remote(*args))
+        return ray.get(ref)
     except ray.exceptions.RayActorError as exc:
         cause = getattr(exc, "cause", None) or exc
         if isinstance(cause, RunDirError):
@@ -317,7 +327,7 @@ class _WorkerPool:
             max_restarts=-1,
             max_task_retries=-1,
             scheduling_strategy="SPREAD",
-            runtime_env=_worker_runtime_env(farm.runtime_env, farm.num_cpus_per_worker),
+            **_runtime_env_option(farm.runtime_env, farm.num_cpus_per_worker),
         ).remote(
             self.coordinator_name, key, farm.num_cpus_per_worker, gpus, farm.batch_size,
             farm.flush_seconds, farm.max_in_flight,
@@ -353,8 +363,15 @@ class _WorkerPool:
 _KINDS = ("experiment", "rollout", "generic")
 
 
-def _worker_runtime_env(user: dict[str, Any] | None, num_cpus: float) -> dict[str, Any]:
-    """The spec's ``[farm.runtime_env]`` plus the thread caps (the spec's env_vars win)."""
-    env = dict(user or {})
+def _runtime_env_option(user: dict[str, Any] | None, num_cpus: float) -> dict[str, Any]:
+    """``runtime_env`` for a worker actor, only when the spec asks for one.
+
+    A runtime_env makes Ray start a fresh process per actor (seconds each), so
+    without one the worker caps its own threads instead; with one, the caps
+    ride along (the spec's env_vars win).
+    """
+    if not user:
+        return {}
+    env = dict(user)
     env["env_vars"] = {**thread_env(num_cpus), **env.get("env_vars", {})}
-    return env
+    return {"runtime_env": env}

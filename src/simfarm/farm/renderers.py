@@ -89,6 +89,12 @@ class RenderWorker:
         """The actor's process id (used to wait until it is up)."""
         return os.getpid()
 
+    def environment(self) -> dict[str, str]:
+        """``MPLBACKEND`` as the actor sees it and matplotlib's active backend."""
+        import matplotlib
+
+        return {"MPLBACKEND": os.environ.get("MPLBACKEND", ""), "backend": str(matplotlib.get_backend())}
+
     def run(self, task: RenderTask) -> dict[str, bytes]:
         """:func:`~simfarm.render.tasks.run_task` in this actor."""
         return run_task(task)

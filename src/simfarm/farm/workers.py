@@ -17,26 +17,25 @@ resumes from its checkpoint.
 
 from __future__ import annotations
 
+# This module must not import numpy (or anything that does) at the top: the
+# thread caps below only work if they are in the environment before numpy
+# loads its BLAS in the worker process.
 import os
 import sys
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
-from simfarm import workloads
-from simfarm.records import Record
+if TYPE_CHECKING:
+    from simfarm.records import Record
 
 __all__ = ["ExperimentWorker", "RolloutWorker", "Worker", "WORKER_CLASSES", "thread_env"]
 
 
 def thread_env(num_cpus: float) -> dict[str, str]:
-    """Environment that caps BLAS/OpenMP threads at the CPU reservation.
-
-    Set through the actor's ``runtime_env`` so it is in place before numpy
-    loads its BLAS.
-    """
+    """Environment that caps BLAS/OpenMP threads at the CPU reservation."""
     n = str(max(1, int(num_cpus)))
     return {
         "OMP_NUM_THREADS": n,
@@ -75,6 +74,10 @@ class _SimulationWorker:
         flush_seconds: float = 1.0,
         max_in_flight: int = 2,
     ) -> None:
+        # Before anything imports numpy: Ray already set OMP_NUM_THREADS from
+        # num_cpus; the other BLAS libraries read their own variables.
+        self._numpy_was_loaded = "numpy" in sys.modules
+        os.environ.update(thread_env(num_cpus))
         self.coordinator = ray.get_actor(coordinator, namespace="simfarm")
         self.key = key
         self.num_cpus = float(num_cpus)
@@ -100,6 +103,15 @@ class _SimulationWorker:
         """This worker's process id."""
         return os.getpid()
 
+    def thread_caps(self) -> dict[str, Any]:
+        """What caps this process's threads (for tests and diagnosis)."""
+        torch = sys.modules.get("torch")
+        return {
+            "numpy_loaded_before_caps": self._numpy_was_loaded,
+            "env": {k: os.environ.get(k) for k in thread_env(self.num_cpus)},
+            "torch_threads": torch.get_num_threads() if torch is not None else None,
+        }
+
     def run(self) -> dict[str, Any]:
         """Run jobs of this worker's kind until the coordinator has none left.
 
@@ -117,6 +129,9 @@ class _SimulationWorker:
 
     # ------------------------------------------------------------------
     def _run_job(self, lease: dict[str, Any]) -> None:
+        from simfarm import workloads
+        from simfarm.records import Record
+
         job_id = lease["job_id"]
         context = workloads.JobContext(
             job_id=job_id, attempt=int(lease["attempt"]), num_cpus=self.num_cpus, num_gpus=self.num_gpus
