@@ -76,3 +76,22 @@ def test_inspect_reports_a_run(ray_local, tmp_path, capsys):
     assert summary["jobs"]["by_status"] == {"done": 4, "failed": 2}
     assert summary["tables"]["steps"] == 24
     assert summary["stale"] is False
+
+
+def test_workers_cap_their_blas_threads_to_the_cpu_reservation(ray_local, tmp_path):
+    import ray
+
+    from simfarm.farm.coordinator import Coordinator
+    from simfarm.farm.workers import WORKER_CLASSES
+
+    coordinator = ray.remote(Coordinator).options(name="caps-test", namespace="simfarm", num_cpus=0).remote(
+        str(tmp_path / "run"), "s", {}
+    )
+    worker = ray.remote(WORKER_CLASSES["generic"]).options(num_cpus=1).remote("caps-test", "w0", 1.0)
+    caps = ray.get(worker.thread_caps.remote())
+    assert ("openblas", 1) in caps["pools"]  # numpy's BLAS is loaded and capped
+    assert all(n == 1 for _, n in caps["pools"])
+    assert set(caps["env"].values()) == {"1"}
+    assert ray.get(worker.pid.remote()) != ray.get(coordinator.pid.remote())
+    ray.kill(worker)
+    ray.kill(coordinator)

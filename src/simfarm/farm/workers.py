@@ -17,9 +17,6 @@ resumes from its checkpoint.
 
 from __future__ import annotations
 
-# This module must not import numpy (or anything that does) at the top: the
-# thread caps below only work if they are in the environment before numpy
-# loads its BLAS in the worker process.
 import os
 import sys
 import time
@@ -31,11 +28,32 @@ import ray
 if TYPE_CHECKING:
     from simfarm.records import Record
 
-__all__ = ["ExperimentWorker", "RolloutWorker", "Worker", "WORKER_CLASSES", "thread_env"]
+__all__ = ["ExperimentWorker", "RolloutWorker", "Worker", "WORKER_CLASSES", "cap_threads", "thread_env"]
+
+
+def cap_threads(num_cpus: float) -> int:
+    """Cap this process's BLAS, OpenMP and torch thread pools at the CPU reservation.
+
+    threadpoolctl resizes pools already loaded (Ray may have loaded numpy
+    before the actor's ``__init__``); the environment covers libraries loaded
+    later and child processes.
+
+    Returns:
+        The thread count used.
+    """
+    from threadpoolctl import threadpool_limits
+
+    n = max(1, int(num_cpus))
+    os.environ.update(thread_env(num_cpus))
+    threadpool_limits(limits=n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    return n
 
 
 def thread_env(num_cpus: float) -> dict[str, str]:
-    """Environment that caps BLAS/OpenMP threads at the CPU reservation."""
+    """Environment variables that cap BLAS/OpenMP threads at the CPU reservation."""
     n = str(max(1, int(num_cpus)))
     return {
         "OMP_NUM_THREADS": n,
@@ -74,10 +92,7 @@ class _SimulationWorker:
         flush_seconds: float = 1.0,
         max_in_flight: int = 2,
     ) -> None:
-        # Before anything imports numpy: Ray already set OMP_NUM_THREADS from
-        # num_cpus; the other BLAS libraries read their own variables.
-        self._numpy_was_loaded = "numpy" in sys.modules
-        os.environ.update(thread_env(num_cpus))
+        self.threads = cap_threads(num_cpus)
         self.coordinator = ray.get_actor(coordinator, namespace="simfarm")
         self.key = key
         self.num_cpus = float(num_cpus)
@@ -89,25 +104,18 @@ class _SimulationWorker:
         self._stale = False
         self.jobs_run = 0
         self.steps_run = 0
-        if "torch" in sys.modules or self.kind == "rollout":
-            self._pin_torch_threads()
-
-    def _pin_torch_threads(self) -> None:
-        try:
-            import torch
-        except ImportError:  # the generic and experiment workers do not need torch
-            return
-        torch.set_num_threads(max(1, int(self.num_cpus)))
 
     def pid(self) -> int:
         """This worker's process id."""
         return os.getpid()
 
     def thread_caps(self) -> dict[str, Any]:
-        """What caps this process's threads (for tests and diagnosis)."""
+        """Thread pools of this process as they are now (for tests and diagnosis)."""
+        from threadpoolctl import threadpool_info
+
         torch = sys.modules.get("torch")
         return {
-            "numpy_loaded_before_caps": self._numpy_was_loaded,
+            "pools": [(p["internal_api"], p["num_threads"]) for p in threadpool_info()],
             "env": {k: os.environ.get(k) for k in thread_env(self.num_cpus)},
             "torch_threads": torch.get_num_threads() if torch is not None else None,
         }
