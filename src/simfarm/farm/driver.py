@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -136,12 +135,12 @@ def _execute(
 ) -> RunResult:
     farm = spec.farm
     render_workers = int(spec.render.workers) if _rendering_on(spec) else 0
-    started_ray = _connect(spec, address, workers, render_workers, dashboard, quiet)
+    connection = _connect(spec, address, workers, render_workers, dashboard, quiet)
     progress = Progress(spec.name, quiet=quiet)
     pool: _WorkerPool | None = None
     coordinator = None
     try:
-        slots = _plan_workers(spec, workers, render_workers, started_ray)
+        slots = _plan_workers(spec, workers, render_workers, local=connection == "local")
         session = uuid.uuid4().hex[:12]
         coordinator_name = f"simfarm-coordinator-{session}"
         coordinator = ray.remote(Coordinator).options(
@@ -164,7 +163,7 @@ def _execute(
             },
         )
         started = coordinator.start.remote(spec.raw, [job.to_json() for job in spec.jobs])
-        pool = _WorkerPool(coordinator, coordinator_name, spec, slots)
+        pool = _WorkerPool(coordinator, coordinator_name, spec, slots, progress)
         if mode == "new":
             # Every job is pending: start the workers while the coordinator
             # sets up (their first lease calls queue behind start()).
@@ -197,7 +196,7 @@ def _execute(
             pool.stop()
         if coordinator is not None:
             ray.kill(coordinator, no_restart=True)
-        if started_ray:
+        if connection != "attached":
             ray.shutdown()
     return open_run(run_dir)
 
@@ -234,25 +233,30 @@ def _render_dict(spec: RunSpec) -> dict[str, Any]:
 def _connect(
     spec: RunSpec, address: str | None, workers: int | None, render_workers: int, dashboard: bool,
     quiet: bool,
-) -> bool:
-    """Attach to or start Ray; True when this call started/connected it (and must stop it)."""
+) -> str:
+    """Use, attach to, or start Ray.
+
+    Returns:
+        ``"attached"`` (Ray was already initialised by the caller: left running),
+        ``"cluster"`` (connected to an address) or ``"local"`` (started here).
+    """
     if ray.is_initialized():
-        return False
+        return "attached"
     target = address or spec.farm.address or os.environ.get("RAY_ADDRESS")
     common: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": "ERROR"}
     if target:
         ray.init(address=target, **common)
-        return True
+        return "cluster"
     cores = os.cpu_count() or 1
     cpw = spec.farm.num_cpus_per_worker
     n_workers = workers or spec.farm.workers or max(1, int(cores // cpw))
     # Logical CPUs: room for the workers asked for, the render workers and the coordinator.
     need = n_workers * cpw + render_workers + spec.farm.coordinator_cpus
     init_local_ray(max(cores, math.ceil(need - 1e-9)), dashboard=dashboard, **common)
-    return True
+    return "local"
 
 
-def _plan_workers(spec: RunSpec, workers: int | None, render_workers: int, started_here: bool) -> int:
+def _plan_workers(spec: RunSpec, workers: int | None, render_workers: int, *, local: bool) -> int:
     """How many simulation workers to run; checks the cluster has what they need.
 
     Raises:
@@ -275,7 +279,7 @@ def _plan_workers(spec: RunSpec, workers: int | None, render_workers: int, start
         )
     if workers or farm.workers:
         return int(workers or farm.workers)
-    if started_here and not (spec.farm.address or os.environ.get("RAY_ADDRESS")):
+    if local:
         return max(1, int((os.cpu_count() or 1) // farm.num_cpus_per_worker))
     spare = cpus - farm.coordinator_cpus - render_workers
     return max(1, int(spare // farm.num_cpus_per_worker))
@@ -284,8 +288,11 @@ def _plan_workers(spec: RunSpec, workers: int | None, render_workers: int, start
 class _WorkerPool:
     """Keeps ``slots`` simulation workers busy, of whichever kinds still have jobs."""
 
-    def __init__(self, coordinator: Any, coordinator_name: str, spec: RunSpec, slots: int) -> None:
+    def __init__(
+        self, coordinator: Any, coordinator_name: str, spec: RunSpec, slots: int, progress: Progress
+    ) -> None:
         self.coordinator = coordinator
+        self.progress = progress
         self.coordinator_name = coordinator_name
         self.spec = spec
         self.slots = slots
@@ -348,8 +355,7 @@ class _WorkerPool:
                 ray.get(ref)
             except ray.exceptions.RayError as exc:
                 # The actor is gone for good: its job goes back to the queue.
-                print(f"simfarm: worker {key} lost ({type(exc).__name__}); its job is requeued",
-                      file=sys.stderr)
+                self.progress.message(f"worker {key} lost ({type(exc).__name__}); its job is requeued")
                 ray.get(self.coordinator.release.remote(key))
             ray.kill(actor, no_restart=True)
 

@@ -15,6 +15,7 @@ before matplotlib can be imported there.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import traceback
@@ -45,19 +46,31 @@ RenderResult = tuple[RenderTask, dict[str, bytes] | None, str | None]
 #: Serialised animators above this size trigger a warning (each actor holds a copy).
 ANIMATOR_WARN_BYTES = 64 * 1024 * 1024
 _ENV = {"MPLBACKEND": "Agg"}
+_TB_LINE = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 
 def describe_error(exc: BaseException) -> str:
-    """One-paragraph error text for the manifest: type, message and where it was raised."""
+    """One-paragraph error text for the manifest: type, message and where it was raised.
+
+    For a ``RayTaskError`` the render's own exception and the location in
+    the actor's traceback are reported, not Ray's wrapper.
+    """
+    where = ""
+    # A RayTaskError's text carries the actor-side traceback.
+    remote_tb = getattr(exc, "traceback_str", None) or (str(exc) if isinstance(exc, ray.exceptions.RayError) else None)
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):  # a RayTaskError wraps the render's own exception
         exc = cause
-    text = f"{type(exc).__name__}: {exc}".strip()
     frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
     if frames:
-        last = frames[-1]
-        text += f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
-    return text
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}"
+    elif isinstance(remote_tb, str):
+        found = _TB_LINE.findall(remote_tb)
+        if found:
+            file_name, line, func = found[-1]
+            where = f"{Path(file_name).name}:{line} in {func}"
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return f"{text} (at {where})" if where else text
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:

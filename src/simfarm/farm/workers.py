@@ -138,7 +138,7 @@ class _SimulationWorker:
     # ------------------------------------------------------------------
     def _run_job(self, lease: dict[str, Any]) -> None:
         from simfarm import workloads
-        from simfarm.records import Record
+        from simfarm.records import Record, check_metrics
 
         job_id = lease["job_id"]
         context = workloads.JobContext(
@@ -170,6 +170,9 @@ class _SimulationWorker:
                             f"workload {lease['workload']!r} returned step {record.step}, expected "
                             f"{expected_step}: steps must count 0, 1, 2, ... and continue after restore()"
                         )
+                    where = f"workload {lease['workload']!r} step {record.step}"
+                    record.metrics = check_metrics(record.metrics, where=where)
+                    record.timings = check_metrics(record.timings, where=where)
                     expected_step += 1
                     self.steps_run += 1
                     record.job_id = job_id
