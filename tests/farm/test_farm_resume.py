@@ -137,3 +137,43 @@ def test_resume_refuses_a_live_or_foreign_directory(tmp_path):
     assert main(["run", "--resume", str(tmp_path)]) == 2
     (tmp_path / "manifest.json").write_text('{"schema": "something-else"}')
     assert main(["run", "--resume", str(tmp_path)]) == 2
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(SPEC.replace("seeds = 3", "seeds = 2"))
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "simfarm", "run", str(spec_path), "--out", str(tmp_path / "out")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    run_dir = tmp_path / "out" / "resumable"
+    tree: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not run_dir.exists() or committed_records(run_dir) < 6):
+            time.sleep(0.05)
+        tree = _descendants(driver.pid)
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=90)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for pid in tree - {driver.pid}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert driver.returncode == 130
+    assert f"resume with: simfarm run --resume {run_dir}" in stderr
+    interrupted = simfarm.open_run(run_dir)
+    assert interrupted.status == "interrupted"
+    assert 0 < len(interrupted.steps) < 40
+    resumed = subprocess.run(
+        [sys.executable, "-m", "simfarm", "run", "--resume", str(run_dir), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    result = simfarm.open_run(run_dir)
+    assert result.ok and len(result.steps) == 40
+    assert_no_duplicates(run_dir)
