@@ -149,6 +149,8 @@ class _SimulationWorker:
         first_buffered = 0.0
         expected_step = int(lease["step"])
         workload: Any = None
+        final_checkpoint: bytes | None = None
+        error: Exception | None = None
         with workloads.job_context(context):
             try:
                 info = workloads.get(lease["workload"])
@@ -182,17 +184,23 @@ class _SimulationWorker:
                     if len(buffer) >= self.batch_size or time.monotonic() - first_buffered >= self.flush_seconds:
                         self._send(job_id, buffer, workload.checkpoint(), done=False)
                         buffer = []
+                if buffer and not self._stale:
+                    final_checkpoint = workload.checkpoint()  # before close(): it may free state
             except Exception as exc:
-                # Records before the failure are good: commit them with the failure.
-                self._send_final(job_id, buffer, None, expected_step, error=exc)
-                return
+                error = exc
             finally:
                 close = getattr(workload, "close", None)
                 if callable(close):
-                    close()
-            if not self._stale:
-                self._send_final(job_id, buffer, workload.checkpoint() if buffer else None, expected_step)
-            self._drain()
+                    try:
+                        close()
+                    except Exception:  # releasing resources must not lose the job's results
+                        pass
+        if error is not None:
+            # Records before the failure are good: commit them with the failure.
+            self._send_final(job_id, buffer, None, expected_step, error=error)
+        elif not self._stale:
+            self._send_final(job_id, buffer, final_checkpoint, expected_step)
+        self._drain()
 
     def _send_final(
         self,
