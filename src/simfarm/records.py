@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EpisodeTrace", "Record", "Scalar", "check_metrics"]
+__all__ = ["EpisodeTrace", "Record", "Scalar", "check_metrics", "json_safe"]
 
 #: What a metrics cell may hold: one row of a tidy table.
 Scalar = bool | int | float | str | None
