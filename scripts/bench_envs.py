@@ -7,9 +7,11 @@ Measures, with one torch thread by default:
    ``CartPoleVectorEnv`` on the same action sequence; prints our/gymnasium
    ratios.
 2. Ray-cast env steps/s at res 64 with 8 and 64 walls (eager and compiled).
-3. Trace-capture cost at n_envs=4096: a CartPole rollout with no capture,
-   with the capture log running, and with a schedule that draws traces;
-   plus the cost of drawing one frame.
+3. Trace-capture cost at n_envs=4096: a CartPole rollout with no capture
+   against the same rollout under several capture schedules (see
+   CAPTURE_CASES), each measured with drawing and, where noted, with
+   drawing stubbed out to isolate the per-step bookkeeping; plus the cost
+   of drawing one frame of a typical episode.
 
 Machines are noisy (and shared): every configuration is measured in several
 interleaved rounds and the medians are reported, ratios per round first.
@@ -20,6 +22,7 @@ Usage::
     python scripts/bench_envs.py --quick         # fewer rounds and steps
     python scripts/bench_envs.py --device cuda   # GPU figures (gymnasium stays on the CPU)
     python scripts/bench_envs.py --json out.json
+    python scripts/bench_envs.py --only capture  # one section
 """
 
 from __future__ import annotations
@@ -127,56 +130,121 @@ def bench_raycast(sizes: list[int], walls: list[int], rounds: int, device: torch
     return rows
 
 
+#: Capture configurations at n_envs=4096 (CartPole, random policy: ~23 k episodes per
+#: 128-step iteration): (label, schedule keyword arguments, draw frames?, detection mode).
+CAPTURE_CASES = [
+    ("typical: 1 episode / ~3 iterations, bookkeeping only", {"every_n_episodes": 70_000}, False, "auto"),
+    ("typical: 1 episode / ~3 iterations, with drawing", {"every_n_episodes": 70_000}, True, "auto"),
+    ("typical, device-side detection (the GPU path), bookkeeping only", {"every_n_episodes": 70_000}, False, "device"),
+    (
+        "docs example: episode 0 + last 1 (env 0 followed over the last ~1000 steps), with drawing",
+        {"episode_indices": (0,), "last_n_episodes": 1, "max_frames": 200},
+        True,
+        "auto",
+    ),
+    ("heavier: ~1 episode / iteration, with drawing", {"every_n_episodes": 20_000}, True, "auto"),
+]
+
+
+def _no_frames(env):
+    """A stand-in for ``env.draw_episode`` that draws nothing (isolates the bookkeeping)."""
+    empty = torch.zeros(0, *env.render_shape, 3, dtype=torch.uint8, device=env.device)
+    return lambda env_id, states: empty
+
+
+def _capture_rollout(n: int, device: torch.device, steps: int, iterations: int, case: tuple) -> Rollout:
+    """A CartPole rollout for one of CAPTURE_CASES, told its planned length as the workload does."""
+    label, kwargs, draw, detect = case
+    env = make("cartpole", n, device=device, seed=0)
+    if not draw:
+        env.draw_episode = _no_frames(env)
+    schedule = CaptureSchedule(**kwargs) if kwargs is not None else None
+    return Rollout(env, steps_per_iteration=steps, capture=schedule, capture_detect=detect, iterations=iterations)
+
+
 def bench_capture(n: int, rounds: int, device: torch.device, iterations: int, steps: int) -> dict:
-    """Rollout throughput without capture, with the capture log, and drawing traces."""
-    schedules = {
-        "none": None,
-        # Selects nothing within the run: measures the per-step log alone.
-        "log": CaptureSchedule(episode_indices=(10**12,)),
-        # About one 20-frame trace per iteration at this size.
-        "traces": CaptureSchedule(every_n_episodes=20_000),
-    }
-    times: dict[str, list[float]] = {k: [] for k in schedules}
-    traces_drawn = 0
+    """Rollout throughput with each capture schedule of CAPTURE_CASES against no capture.
+
+    Each round runs the case and a no-capture twin side by side, alternating
+    iteration by iteration (so both see the same machine load), and compares
+    their total times; the median over rounds is reported. On the CPU the
+    times are this process's CPU time (one torch thread: the work done, and
+    much less disturbed by other jobs on a shared machine than wall time);
+    on a GPU, wall time.
+    """
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    ratios: dict[str, list[float]] = {case[0]: [] for case in CAPTURE_CASES}
+    traces: dict[str, int] = dict.fromkeys(ratios, 0)
+    frames: dict[str, int] = dict.fromkeys(ratios, 0)
+    base_times: list[float] = []
+    policy = RandomPolicy(2)
     for _ in range(rounds):
-        for name, schedule in schedules.items():
-            env = make("cartpole", n, device=device, seed=0)
-            rollout = Rollout(env, steps_per_iteration=steps, capture=schedule)
-            policy = RandomPolicy(2)
-            rollout.run(policy.act)  # warm-up iteration
-            rollout.end_iteration()
-            _sync(device)
-            started = time.perf_counter()
-            for _ in range(iterations):
+        for case in CAPTURE_CASES:
+            label = case[0]
+            planned = iterations + 1  # the warm-up iteration, then the measured ones
+            pair = [
+                _capture_rollout(n, device, steps, planned, ("none", None, False, "auto")),
+                _capture_rollout(n, device, steps, planned, case),
+            ]
+            spent = [0.0, 0.0]
+            for rollout in pair:  # warm-up iteration
                 rollout.run(policy.act)
-                drawn = rollout.end_iteration().traces
-                if name == "traces":
-                    traces_drawn += len(drawn)
-            _sync(device)
-            times[name].append((time.perf_counter() - started) / (iterations * steps))
+                rollout.end_iteration()
+            for k in range(iterations):
+                for side, rollout in enumerate(pair):
+                    _sync(device)
+                    started = clock()
+                    rollout.run(policy.act)
+                    drawn = rollout.end_iteration(final=k == iterations - 1).traces
+                    _sync(device)
+                    spent[side] += clock() - started
+                    if side:
+                        traces[label] += len(drawn)
+                        frames[label] += sum(len(t.frames) for t in drawn)
+            ratios[label].append(spent[1] / spent[0])
+            base_times.append(spent[0] / (iterations * steps))
     env = make("cartpole", 1, device=device)
     env.reset()
-    frames = env.state.expand(200, 4).clone()
-    env.draw_episode(0, frames)
-    draw = _time_steps(lambda i: env.draw_episode(0, frames), 3, device) / 200
-    base = statistics.median(times["none"])
+    # A typical random-policy episode: the cart drifts a little, the pole falls.
+    episode = torch.zeros(25, 4, device=device)
+    episode[:, 0] = torch.linspace(0.0, 0.15, 25)
+    episode[:, 2] = torch.linspace(0.0, 0.22, 25)
+    env.draw_episode(0, episode)
+    draw = _time_steps(lambda i: env.draw_episode(0, episode), 20, device) / len(episode)
+    base = statistics.median(base_times)
+    per_iteration = rounds * iterations
     row = {
         "n_envs": n,
         "steps_per_iteration": steps,
+        "iterations_per_round": iterations,
         "rollout_steps_per_s": n / base,
-        "log_overhead": statistics.median(l / b - 1 for l, b in zip(times["log"], times["none"], strict=True)),
-        "traces_overhead": statistics.median(t / b - 1 for t, b in zip(times["traces"], times["none"], strict=True)),
-        "traces_per_iteration": traces_drawn / (rounds * iterations),
         "draw_ms_per_frame": draw * 1e3,
         "frame_shape": list(env.render_shape),
+        "cases": [
+            {
+                "case": label,
+                "schedule": kwargs,
+                "detect": detect,
+                "overhead": statistics.median(ratios[label]) - 1,
+                "overhead_per_round": [r - 1 for r in ratios[label]],
+                "traces_per_iteration": traces[label] / per_iteration,
+                "frames_per_iteration": frames[label] / per_iteration,
+            }
+            for label, kwargs, draw, detect in CAPTURE_CASES
+        ],
     }
     print(
-        f"capture  n={n}  rollout {row['rollout_steps_per_s']:,.0f} env steps/s  "
-        f"log overhead {row['log_overhead']:+.1%}  with traces {row['traces_overhead']:+.1%} "
-        f"({row['traces_per_iteration']:.1f} traces/iteration)  draw {row['draw_ms_per_frame']:.2f} ms/frame "
-        f"{tuple(env.render_shape)}",
+        f"capture  n={n}  rollout without capture {row['rollout_steps_per_s']:,.0f} env steps/s; "
+        f"drawing {row['draw_ms_per_frame']:.3f} ms/frame {tuple(env.render_shape)} (25-frame episode)",
         flush=True,
     )
+    for case in row["cases"]:
+        spread = ", ".join(f"{r:+.1%}" for r in sorted(case["overhead_per_round"]))
+        print(
+            f"  {case['overhead']:+6.1%}  {case['case']}  [rounds: {spread}]  "
+            f"({case['traces_per_iteration']:.2f} traces, {case['frames_per_iteration']:.1f} frames per iteration)",
+            flush=True,
+        )
     return row
 
 
@@ -189,23 +257,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--sizes", default="1,64,1024,4096,16384", help="CartPole batch sizes")
     parser.add_argument("--raycast-sizes", default="256,1024", help="ray-cast batch sizes")
+    parser.add_argument("--only", default="cartpole,raycast,capture", help="comma-separated sections to run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     rounds = 3 if args.quick else 5
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), torch {torch.__version__}, {args.threads} thread(s), python {sys.version.split()[0]}")
-    results = {
-        "device": str(device),
-        "device_name": name,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "cartpole": bench_cartpole([int(s) for s in args.sizes.split(",")], rounds, device, 0.2 if args.quick else 0.5),
-        "raycast": bench_raycast(
-            [int(s) for s in args.raycast_sizes.split(",")], [8, 64], rounds, device, 20 if args.quick else 40
-        ),
-        "capture": bench_capture(4096, rounds, device, 2 if args.quick else 4, 128),
-    }
+    only = set(args.only.split(","))
+    unknown = only - {"cartpole", "raycast", "capture"}
+    if unknown:
+        parser.error(f"--only takes cartpole, raycast and capture, got {sorted(unknown)}")
+    results: dict = {"device": str(device), "device_name": name, "threads": args.threads, "torch": torch.__version__}
+    if "cartpole" in only:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        results["cartpole"] = bench_cartpole(sizes, rounds, device, 0.2 if args.quick else 0.5)
+    if "raycast" in only:
+        sizes = [int(s) for s in args.raycast_sizes.split(",")]
+        results["raycast"] = bench_raycast(sizes, [8, 64], rounds, device, 20 if args.quick else 40)
+    if "capture" in only:
+        results["capture"] = bench_capture(4096, rounds, device, 6 if args.quick else 12, 128)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

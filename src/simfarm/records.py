@@ -27,8 +27,10 @@ class EpisodeTrace:
     """One captured episode of one environment.
 
     Attributes:
-        episode: Index of the episode within its job (0-based, counted over
-            every env of the batch in completion order).
+        episode: Id of the episode within its job (0-based), counted over
+            every env of the batch in the order episodes start (gymnasium's
+            convention): the first reset gives env ``i`` episode ``i``; after
+            that, envs that reset on the same step are numbered in env-id order.
         env_id: Which env of the batch played it.
         frames: ``uint8`` array ``(T, H, W, 3)``; may have ``T == 0`` when
             nothing was rendered.

@@ -202,3 +202,24 @@ def test_render_draws_the_cart_where_the_state_puts_it():
     assert torch.equal(env.draw_episode(1, env.state[1:2]), frames[1:2])
     with pytest.raises(ValueError, match="env_ids"):
         env.render([3])
+
+
+def test_drawing_only_the_swept_box_gives_the_full_frame_pixels():
+    """Frames drawn in the box the cart and pole cover equal frames drawn pixel by pixel everywhere."""
+    env = CartPole(1, device="cpu", render_size=(60, 90))
+    env.reset()
+    generator = torch.Generator().manual_seed(0)
+    height, width = env.render_shape
+    cases = [
+        (torch.rand(40, generator=generator) * 0.4 - 0.2, torch.rand(40, generator=generator) * 0.4 - 0.2),
+        (torch.rand(40, generator=generator) * 6 - 3, torch.rand(40, generator=generator) * 7 - 3.5),  # off track, any angle
+        (torch.tensor([2.55, -2.55, 0.0]), torch.tensor([1.57, -1.57, 3.14])),  # at the frame's edges, pole down
+        (torch.tensor([0.0, float("nan")]), torch.tensor([float("nan"), 0.0])),
+    ]
+    for x, theta in cases:
+        boxed = env._draw(x, theta)
+        cx = width / 2 + x * env._shape["scale"]
+        everywhere = env._draw_box(cx, theta, slice(0, height), slice(0, width))
+        assert torch.equal(boxed, everywhere)
+    moving = env._draw(torch.tensor([0.0, 0.1]), torch.tensor([0.0, 0.05]))
+    assert not torch.equal(moving[0], moving[1])

@@ -112,6 +112,11 @@ def test_checkpoint_restore_continues_bit_identically(params):
     tail = list(resumed)
     _assert_records_equal(head + tail, straight)
     assert sum(len(r.traces) for r in straight) >= 3
+    # Capture adds only the followed episodes' rows, not a history of every env.
+    plain = build({k: v for k, v in params.items() if k != "capture"}, seed=11)
+    for _ in range(k):
+        next(plain)
+    assert len(blob) - len(plain.checkpoint()) < 20_000
 
 
 def test_records_carry_deterministic_metrics_and_timings():

@@ -405,7 +405,12 @@ class BatchedEnv(abc.ABC):
 
     @abc.abstractmethod
     def capture_state(self) -> torch.Tensor:
-        """``(n_envs, d)`` float: the little per-step state :meth:`draw_episode` needs."""
+        """``(n_envs, d)`` float: the little per-step state :meth:`draw_episode` needs.
+
+        While it follows scheduled episodes, the rollout's recorder gathers a
+        few envs' columns of ``capture_state().T`` every step, so a transposed
+        view of a feature-major ``(d, n_envs)`` tensor is the cheapest form.
+        """
 
     @abc.abstractmethod
     def draw_episode(self, env_id: int, states: torch.Tensor) -> torch.Tensor:

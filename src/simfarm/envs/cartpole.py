@@ -180,6 +180,8 @@ class CartPole(BatchedEnv):
         if not compile:  # bool flags suit eager mode (see cartpole_kernel)
             self._done = torch.zeros(self.n_envs, dtype=torch.bool, device=self.device)
         self._grid = PixelGrid(height, width, self.device, self.dtype)
+        self._static: torch.Tensor | None = None  # drawn on first use
+        self._background_rgb: torch.Tensor | None = None
         self._palette = torch.tensor(
             [
                 [248, 248, 244],  # background
@@ -264,19 +266,46 @@ class CartPole(BatchedEnv):
         return self._draw(self._state[0, env_ids], self._state[2, env_ids])
 
     def _draw(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """``uint8 (k, H, W, 3)`` frames for cart positions ``x`` and angles ``theta``."""
-        grid, (height, width) = self._grid, self._render_hw
+        """``uint8 (k, H, W, 3)`` frames for cart positions ``x`` and angles ``theta``.
+
+        Only the box that the cart and pole cover in some frame is computed
+        (reading its bounds synchronises once); every other pixel is a copy
+        of the static background. The pixels are those a full-frame drawing
+        gives: the box holds every pixel any shape reaches, with a margin.
+        """
         x = x.to(self.device, self.dtype)
         theta = theta.to(self.device, self.dtype)
-        scale = width / (2 * X_THRESHOLD)  # pixels per metre: the track spans the frame
-        cart_w, cart_h, pole_w = 0.4 * scale, 0.24 * scale, 0.08 * scale
-        pole_len = 2 * HALF_POLE_LENGTH * scale
-        cy = 0.75 * height
-        pivot_y = cy - 0.06 * scale
-        cx = (width / 2 + x * scale).view(-1, 1, 1)
-        labels = self._static_labels(cy, cart_h, scale).expand(x.shape[0], height, width)
+        (height, width), shape = self._render_hw, self._shape
+        cx = width / 2 + x * shape["scale"]
+        frames = self._background().expand(x.shape[0], height, width, 3).clone()
+        if x.shape[0] == 0:
+            return frames
+        tip_x = cx + shape["pole_len"] * torch.sin(theta)
+        tip_y = shape["pivot_y"] - shape["pole_len"] * torch.cos(theta)
+        half_cart, half_pole = shape["cart_w"] / 2, shape["pole_w"] / 2
+        left = torch.minimum(cx - half_cart, torch.minimum(cx, tip_x) - half_pole).min()
+        right = torch.maximum(cx + half_cart, torch.maximum(cx, tip_x) + half_pole).max()
+        # Rows: the pole spans pivot..tip, the cart's rows are fixed.
+        top = (tip_y.min().clamp(max=shape["pivot_y"]) - half_pole).clamp(max=shape["cart_top"])
+        bottom = (tip_y.max().clamp(min=shape["pivot_y"]) + half_pole).clamp(min=shape["cart_bottom"])
+        bounds = torch.stack((left, right, top, bottom)).tolist()
+        if all(math.isfinite(b) for b in bounds):
+            cols = slice(max(0, math.floor(bounds[0]) - 2), max(0, min(width, math.ceil(bounds[1]) + 2)))
+            rows = slice(max(0, math.floor(bounds[2]) - 2), max(0, min(height, math.ceil(bounds[3]) + 2)))
+        else:  # NaN or infinite states: draw the whole frame
+            cols, rows = slice(0, width), slice(0, height)
+        if cols.start < cols.stop and rows.start < rows.stop:
+            frames[:, rows, cols] = self._draw_box(cx, theta, rows, cols)
+        return frames
+
+    def _draw_box(self, cx: torch.Tensor, theta: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        """``uint8 (k, h, w, 3)``: the frames' ``rows x cols`` box with the cart and pole."""
+        grid, shape = self._grid.crop(rows, cols), self._shape
+        cy, pivot_y, pole_w = shape["cy"], shape["pivot_y"], shape["pole_w"]
+        cx = cx.view(-1, 1, 1)
+        labels = self._static_labels()[:, rows, cols].expand(cx.shape[0], -1, -1)
         # Cart: a row band and a column band, combined once.
-        cart = ((grid.xs - cx).abs() <= cart_w / 2) & ((grid.ys - cy).abs() <= cart_h / 2)
+        cart = ((grid.xs - cx).abs() <= shape["cart_w"] / 2) & ((grid.ys - cy).abs() <= shape["cart_h"] / 2)
         labels = paint(labels, cart, 3)
         # Pole: a rotated rectangle from the pivot; y grows downwards in pixels.
         sin_t = torch.sin(theta).view(-1, 1, 1)
@@ -284,20 +313,48 @@ class CartPole(BatchedEnv):
         dx, dy = grid.xs - cx, grid.ys - pivot_y
         along = dx * sin_t - dy * cos_t
         across = dx * cos_t + dy * sin_t
-        pole = (along >= 0) & (along <= pole_len) & (across.abs() <= pole_w / 2)
+        pole = (along >= 0) & (along <= shape["pole_len"]) & (across.abs() <= pole_w / 2)
         labels = paint(labels, pole, 4)
-        axle = disc_mask(grid, cx.view(-1), torch.full_like(x, pivot_y), pole_w / 2)
+        axle = disc_mask(grid, cx.view(-1), torch.full_like(cx.view(-1), pivot_y), pole_w / 2)
         labels = paint(labels, axle, 5)
         return palette_image(labels, self._palette)
 
-    def _static_labels(self, cy: float, cart_h: float, scale: float) -> torch.Tensor:
-        """``(1, H, W)`` labels of what never moves: background, track, threshold marks."""
-        grid, (height, width) = self._grid, self._render_hw
-        labels = torch.zeros((1, height, width), dtype=torch.uint8, device=self.device)
-        labels = paint(labels, (grid.ys - (cy + cart_h / 2)).abs() <= 1.0, 1)
-        edges = torch.tensor([-X_THRESHOLD, X_THRESHOLD], device=self.device, dtype=self.dtype) * scale + width / 2
-        near_edge = (grid.xs.view(-1, 1) - edges).abs().amin(-1).view(1, 1, -1) <= 1.0
-        return paint(labels, near_edge & ((grid.ys - cy).abs() <= cart_h), 2)
+    @property
+    def _shape(self) -> dict[str, float]:
+        """Pixel geometry of the picture: scale, cart and pole sizes, their rows."""
+        height, width = self._render_hw
+        scale = width / (2 * X_THRESHOLD)  # pixels per metre: the track spans the frame
+        cy, cart_h = 0.75 * height, 0.24 * scale
+        return {
+            "scale": scale,
+            "cart_w": 0.4 * scale,
+            "cart_h": cart_h,
+            "cart_top": cy - cart_h / 2,
+            "cart_bottom": cy + cart_h / 2,
+            "pole_w": 0.08 * scale,
+            "pole_len": 2 * HALF_POLE_LENGTH * scale,
+            "cy": cy,
+            "pivot_y": cy - 0.06 * scale,
+        }
+
+    def _static_labels(self) -> torch.Tensor:
+        """``(1, H, W)`` labels of what never moves: background, track, threshold marks (cached)."""
+        if self._static is None:
+            grid, (height, width), shape = self._grid, self._render_hw, self._shape
+            cy, cart_h = shape["cy"], shape["cart_h"]
+            labels = torch.zeros((1, height, width), dtype=torch.uint8, device=self.device)
+            labels = paint(labels, (grid.ys - (cy + cart_h / 2)).abs() <= 1.0, 1)
+            edges = torch.tensor([-X_THRESHOLD, X_THRESHOLD], device=self.device, dtype=self.dtype)
+            edges = edges * shape["scale"] + width / 2
+            near_edge = (grid.xs.view(-1, 1) - edges).abs().amin(-1).view(1, 1, -1) <= 1.0
+            self._static = paint(labels, near_edge & ((grid.ys - cy).abs() <= cart_h), 2)
+        return self._static
+
+    def _background(self) -> torch.Tensor:
+        """``uint8 (1, H, W, 3)``: the static labels in colour (cached)."""
+        if self._background_rgb is None:
+            self._background_rgb = palette_image(self._static_labels(), self._palette)
+        return self._background_rgb
 
     def describe(self) -> dict[str, Any]:
         """Name, sizes, device and whether the step is compiled."""

@@ -32,6 +32,17 @@ class PixelGrid:
         self.xs = (torch.arange(self.width, device=device, dtype=dtype) + 0.5).view(1, 1, -1)
         self.ys = (torch.arange(self.height, device=device, dtype=dtype) + 0.5).view(1, -1, 1)
 
+    def crop(self, rows: slice, cols: slice) -> PixelGrid:
+        """The grid of a sub-rectangle, in the full image's coordinates (views, no copy).
+
+        Args:
+            rows, cols: Plain ``start:stop`` slices within the image.
+        """
+        out = object.__new__(PixelGrid)
+        out.xs, out.ys = self.xs[..., cols], self.ys[:, rows]
+        out.height, out.width = out.ys.shape[1], out.xs.shape[2]
+        return out
+
 
 def disc_mask(grid: PixelGrid, cx: torch.Tensor, cy: torch.Tensor, radius: float | torch.Tensor) -> torch.Tensor:
     """``bool (k, H, W)``: pixels within ``radius`` of the centres ``(cx, cy)`` (each ``(k,)``)."""

@@ -333,7 +333,7 @@ class RayCast(BatchedEnv):
     # -- pictures ---------------------------------------------------------------
     def capture_state(self) -> torch.Tensor:
         """``(n_envs, 5)``: x, y, heading, goal x, goal y."""
-        # Built feature-major and viewed transposed: the capture log stores it that way.
+        # Built feature-major and viewed transposed: the recorder gathers it feature-major.
         return torch.cat((self.position.T, self.heading.unsqueeze(0), self.goal.T), 0).T
 
     def _setup_drawing(self) -> None:

@@ -1,11 +1,12 @@
 """Rollouts: step a policy through a batched env, one iteration at a time.
 
 :class:`Rollout` owns the env, the running episode statistics and (when a
-:class:`~simfarm.envs.capture.CaptureSchedule` asks for traces) the capture
-log. Stepping never synchronises with the device; at the end of an
-iteration :meth:`Rollout.end_iteration` does, once, to read the finished
-episodes in completion order, update the moving averages and build the
-selected :class:`~simfarm.records.EpisodeTrace` objects.
+:class:`~simfarm.envs.capture.CaptureSchedule` asks for traces) an
+:class:`~simfarm.envs.recorder.EpisodeRecorder`. Stepping never synchronises
+with the device; at the end of an iteration :meth:`Rollout.end_iteration`
+does, once, to read the finished episodes in completion order, update the
+moving averages, and draw the recorded episodes that ended as
+:class:`~simfarm.records.EpisodeTrace` objects.
 
 Random streams: the env draws from its own generator; whatever a policy or
 trainer draws in iteration ``k`` comes from :func:`step_generator` seeded by
@@ -26,6 +27,7 @@ import torch
 
 from simfarm.envs.base import BatchedEnv, StepResult
 from simfarm.envs.capture import CaptureSchedule
+from simfarm.envs.recorder import EpisodeRecorder, RecordedEpisode
 from simfarm.envs.steplog import StepLog
 from simfarm.records import EpisodeTrace
 from simfarm.seeding import torch_seed
@@ -43,8 +45,8 @@ __all__ = [
 
 #: Stream numbers of :func:`step_generator`.
 ACTION_STREAM, SHUFFLE_STREAM, INIT_STREAM = 0, 1, 2
-#: Step-log rows the episode tracker writes per step.
-TRACKER_FEATURES = 4
+#: Step-log rows the episode tracker writes per step, and the row of the finished flags.
+TRACKER_FEATURES, FINISHED_FEATURE = 4, 2
 
 
 def step_generator(seed: int, step: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -66,9 +68,10 @@ class FinishedEpisodes:
     """Episodes that ended within one iteration, in completion order (host arrays).
 
     Attributes:
-        index: Episode index within the run.
+        index: Completion rank within the run (0-based; ties by env id).
+            The episode that its env starts next has id ``n_envs + index``.
         env_id: Env that played it.
-        end: Capture-log position of its last step.
+        end: Position of its last step (0 is the batch right after the reset).
         reward: Episode reward.
         length: Steps in the episode.
         success: The env's success flag for it.
@@ -107,6 +110,8 @@ class EpisodeTracker:
         self.episode_return = torch.zeros(n_envs, dtype=dtype, device=device)
         self.episode_length = torch.zeros(n_envs, dtype=dtype, device=device)
         self.finished_last_step = torch.zeros(n_envs, dtype=dtype, device=device)
+        #: ``bool (n_envs,)``: the envs whose episode ended on the latest step.
+        self.done = torch.zeros(n_envs, dtype=torch.bool, device=device)
         self.total = 0
         self.recent_rewards: deque[float] = deque(maxlen=window)
         self.recent_success: deque[float] = deque(maxlen=window)
@@ -119,7 +124,8 @@ class EpisodeTracker:
         keep = 1.0 - self.finished_last_step
         self.episode_return = torch.addcmul(reward, self.episode_return, keep)
         self.episode_length = (self.episode_length + 1.0).mul_(keep)
-        self.finished_last_step = (terminated | truncated).to(keep.dtype)
+        self.done = terminated | truncated
+        self.finished_last_step = self.done.to(keep.dtype)
         return [
             self.episode_return.unsqueeze(0),
             self.episode_length.unsqueeze(0),
@@ -135,7 +141,7 @@ class EpisodeTracker:
             first_position: Step-log position of the iteration's first step.
         """
         # (step, env) order, flattened: completion order, ties by env id.
-        where = torch.nonzero((rows[:, 2] > 0.5).reshape(-1)).squeeze(1)
+        where = torch.nonzero((rows[:, FINISHED_FEATURE] > 0.5).reshape(-1)).squeeze(1)
         values = rows[where // self.n_envs, :, where % self.n_envs].double().cpu().numpy()
         flat = where.cpu().numpy()
         rewards = values[:, 0]
@@ -215,22 +221,6 @@ class IterationSummary:
     traces: list[EpisodeTrace] = field(default_factory=list)
 
 
-@dataclass
-class _PendingEpisode:
-    """A candidate for ``last_n_episodes``: raw data, drawn only if chosen."""
-
-    index: int
-    env_id: int
-    states: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    reward: float
-    success: bool
-    moving_average: float
-    iteration: int
-    emitted: bool
-
-
 class Rollout:
     """An env, a reset, and everything needed to turn steps into iteration records.
 
@@ -241,9 +231,20 @@ class Rollout:
         window: Episodes in the moving averages (100 as in CartPole's
             "solved" rule).
         metadata: Extra JSON-able entries for every trace's metadata.
+        capture_detect: How the recorder finds the env of a scheduled episode:
+            ``"auto"`` (``"host"`` on the CPU, ``"device"`` elsewhere),
+            ``"host"`` or ``"device"``; see :mod:`simfarm.envs.recorder`.
+            Every mode gives the same traces.
+        iterations: The run's planned number of iterations, when known. With
+            ``last_n_episodes`` the watched envs are then recorded only over
+            the final stretch of the run that can hold those episodes (end
+            the run with ``end_iteration(final=True)`` on iteration
+            ``iterations - 1``); without it they are recorded throughout.
 
     Raises:
-        ValueError: For a non-positive ``steps_per_iteration`` or ``window``.
+        ValueError: For a non-positive ``steps_per_iteration`` or ``window``,
+            an unknown ``capture_detect``, or a capture schedule too dense
+            to follow (see :class:`~simfarm.envs.recorder.EpisodeRecorder`).
     """
 
     def __init__(
@@ -254,6 +255,8 @@ class Rollout:
         capture: CaptureSchedule | None = None,
         window: int = 100,
         metadata: dict[str, Any] | None = None,
+        capture_detect: str = "auto",
+        iterations: int | None = None,
     ) -> None:
         if steps_per_iteration < 1:
             raise ValueError(f"steps_per_iteration must be a positive integer, got {steps_per_iteration!r}")
@@ -267,39 +270,36 @@ class Rollout:
         self.obs = env.reset()
         self.iteration = 0
         self.steps_this_iteration = 0
-        self.pending: list[_PendingEpisode] = []
-        self.capture_dim = env.capture_state().shape[1]
-        self.capturing = self.schedule.enabled
-        self.log = self._new_log()
-        # Position 0: the batch right after reset (the first frame of every first episode).
-        zeros = torch.zeros(TRACKER_FEATURES, env.n_envs, dtype=env.dtype, device=env.device)
-        first = [zeros]
-        if self.capturing:
-            first += [env.capture_state().T, zeros[:2]]
-        self.log.write(first, position=0)
-
-    def _new_log(self) -> StepLog:
-        """The step log: tracker rows, plus capture rows while capturing.
-
-        Capturing needs any episode that ends within an iteration, so it keeps
-        ``steps_per_iteration + max_episode_steps + 1`` steps; statistics alone
-        need one iteration.
-        """
-        env = self.env
-        features, capacity = TRACKER_FEATURES, self.steps_per_iteration
-        if self.capturing:
-            features += self.capture_dim + 2
-            capacity += env.max_episode_steps + 1
-        return StepLog(env.n_envs, features, capacity, env.device, env.dtype)
+        self.log = StepLog(env.n_envs, TRACKER_FEATURES, self.steps_per_iteration, env.device, env.dtype)
+        # Position 0: the batch right after the reset.
+        self.log.write([torch.zeros(TRACKER_FEATURES, env.n_envs, dtype=env.dtype, device=env.device)], position=0)
+        self.recorder: EpisodeRecorder | None = None
+        if self.schedule.enabled:
+            self.recorder = EpisodeRecorder(
+                env,
+                self.schedule,
+                self.steps_per_iteration,
+                self._finished_flags,
+                detect=capture_detect,
+                iterations=iterations,
+            )
 
     @property
     def position(self) -> int:
-        """Step-log position of the latest step (0 right after the reset)."""
+        """Position of the latest step (0 right after the reset)."""
         return self.log.position
+
+    def _finished_flags(self, first: int, last: int) -> torch.Tensor:
+        """``(last - first + 1, n_envs)`` 0/1: which envs finished at positions ``first..last`` (the step log)."""
+        return self.log.read(first, last, slice(FINISHED_FEATURE, FINISHED_FEATURE + 1))[:, 0]
 
     # -- stepping ---------------------------------------------------------------
     def step(self, actions: torch.Tensor) -> StepResult:
-        """Step the env and account the step: one row of the step log, no host synchronisation.
+        """Step the env and account the step: one step-log row, no host synchronisation.
+
+        With a capture schedule, the recorder also gathers the followed envs'
+        rows (see :mod:`simfarm.envs.recorder`; its ``"host"`` detection,
+        the CPU default, reads the step's finished count).
 
         Args:
             actions: As for :meth:`BatchedEnv.step`.
@@ -317,10 +317,10 @@ class Rollout:
             )
         actions = self.env.as_actions(actions)
         obs, reward, terminated, truncated, info = self.env.step(actions)
-        columns = self.tracker.update(reward, terminated, truncated, info["success"])
-        if self.capturing:
-            columns += [self.env.capture_state().T, actions.unsqueeze(0), reward.unsqueeze(0)]
-        self.log.write(columns)
+        self.log.write(self.tracker.update(reward, terminated, truncated, info["success"]))
+        recorder = self.recorder
+        if recorder is not None and self.steps_this_iteration >= recorder.idle_until:
+            recorder.step(self.steps_this_iteration, actions, reward, self.tracker.done)
         self.steps_this_iteration += 1
         self.obs = obs
         return obs, reward, terminated, truncated, info
@@ -336,23 +336,27 @@ class Rollout:
 
     # -- iteration boundary -------------------------------------------------------
     def end_iteration(self, *, final: bool = False) -> IterationSummary:
-        """Close the iteration: episode statistics and the selected traces.
+        """Close the iteration: episode statistics and the traces of recorded episodes that ended.
 
         Args:
-            final: This is the run's last iteration, so ``last_n_episodes``
-                can be resolved.
+            final: This is the run's last iteration: also deliver the
+                ``last_n_episodes`` traces.
 
         Returns:
             The iteration's :class:`IterationSummary`.
         """
-        first = self.position - self.steps_this_iteration + 1
-        rows = self.log.read(first, self.position, slice(0, TRACKER_FEATURES))
-        finished = self.tracker.finish(rows, first)
+        steps = self.steps_this_iteration
+        first = self.position - steps + 1
+        finished = self.tracker.finish(self.log.read(first, self.position), first)
         self.steps_this_iteration = 0
-        traces = self._traces(finished, final)
-        if self.capturing and not self.schedule.may_select_from(self.tracker.total):
-            # Nothing left to capture: stop paying for the capture rows.
-            self._stop_capturing()
+        traces: list[EpisodeTrace] = []
+        if self.recorder is not None:
+            recorded = self.recorder.end_iteration(finished, first, steps, self.iteration)
+            if final:
+                recorded += self.recorder.take_last_n()
+            traces = sorted((self._trace(e) for e in recorded), key=lambda trace: trace.episode)
+            if not self.recorder.active:
+                self.recorder = None  # nothing left to capture: stop paying for it
         self.iteration += 1
         rewards = finished.reward
         return IterationSummary(
@@ -368,68 +372,13 @@ class Rollout:
             traces=traces,
         )
 
-    def _stop_capturing(self) -> None:
-        position = self.position
-        self.capturing = False
-        self.log = self._new_log()
-        self.log.position = position
-
-    def _episode(self, env_id: int, end: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One env's episode from the step log: states ``(length + 1, d)``, actions, rewards."""
-        block = self.log.read_env(env_id, end - length, end)
-        first, d = TRACKER_FEATURES, self.capture_dim
-        return block[:, first : first + d], block[1:, first + d].round().to(torch.int64), block[1:, first + d + 1]
-
-    def _traces(self, finished: FinishedEpisodes, final: bool) -> list[EpisodeTrace]:
-        if not self.capturing or not len(finished):
-            return self._final_last_n() if final else []
-        chosen = self.schedule.select(finished.index)
-        keep_last = self.schedule.last_n_episodes
-        candidates = np.flatnonzero(chosen)
-        if keep_last:
-            tail = np.arange(max(0, len(finished) - keep_last), len(finished))
-            candidates = np.union1d(candidates, tail)
-        traces = []
-        for row in candidates:
-            states, actions, rewards = self._episode(
-                int(finished.env_id[row]), int(finished.end[row]), int(finished.length[row])
-            )
-            episode = _PendingEpisode(
-                index=int(finished.index[row]),
-                env_id=int(finished.env_id[row]),
-                states=states,
-                actions=actions,
-                rewards=rewards,
-                reward=float(finished.reward[row]),
-                success=bool(finished.success[row]),
-                moving_average=float(finished.moving_average[row]),
-                iteration=self.iteration,
-                emitted=bool(chosen[row]),
-            )
-            if episode.emitted:
-                traces.append(self._trace(episode))
-            if keep_last:
-                self.pending.append(episode)
-        if keep_last:
-            self.pending = self.pending[-keep_last:]
-        if final:
-            traces += self._final_last_n()
-            traces.sort(key=lambda trace: trace.episode)
-        return traces
-
-    def _final_last_n(self) -> list[EpisodeTrace]:
-        out = [self._trace(p) for p in self.pending if not p.emitted]
-        for p in self.pending:
-            p.emitted = True
-        return out
-
-    def _trace(self, episode: _PendingEpisode) -> EpisodeTrace:
+    def _trace(self, episode: RecordedEpisode) -> EpisodeTrace:
         """Draw an episode's frames on the device and move everything to the CPU once."""
         limit = self.schedule.max_frames
         states = episode.states if limit is None else episode.states[:limit]
-        frames = self.env.draw_episode(episode.env_id, states.to(self.env.device))
+        frames = self.env.draw_episode(episode.env_id, states)
         return EpisodeTrace(
-            episode=episode.index,
+            episode=episode.episode,
             env_id=episode.env_id,
             frames=frames.cpu().numpy(),
             actions=episode.actions.cpu().numpy().astype(np.int64),
@@ -446,6 +395,10 @@ class Rollout:
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(tensors, JSON-able values) to resume after the last :meth:`end_iteration`.
 
+        The capture part holds only the rows of the recorded episodes still
+        running and the ``last_n`` candidates: a few hundred rows per
+        followed env, whatever ``n_envs``.
+
         Raises:
             RuntimeError: In the middle of an iteration.
         """
@@ -457,19 +410,10 @@ class Rollout:
             "tracker": tracker_values,
             "position": self.position,
             "iteration": self.iteration,
-            "capturing": self.capturing,
-            "pending": [
-                {k: getattr(p, k) for k in ("index", "env_id", "reward", "success", "moving_average", "iteration", "emitted")}
-                for p in self.pending
-            ],
+            "capture": None,
         }
-        if self.capturing:
-            # Only the rows that an unfinished episode may still need.
-            keep = int(self.tracker.episode_length.max().item()) + 1
-            tensors["log"] = self.log.state_dict(keep, first_feature=TRACKER_FEATURES)
-        tensors["pending"] = [
-            {"states": p.states.cpu(), "actions": p.actions.cpu(), "rewards": p.rewards.cpu()} for p in self.pending
-        ]
+        if self.recorder is not None:
+            tensors["capture"], values["capture"] = self.recorder.state_dict()
         return tensors, values
 
     def load_state_dict(self, tensors: dict[str, Any], values: dict[str, Any]) -> None:
@@ -483,24 +427,15 @@ class Rollout:
         self.tracker.load_state_dict(tensors["tracker"], values["tracker"])
         self.iteration = int(values["iteration"])
         self.steps_this_iteration = 0
-        if values["capturing"]:
-            if not self.capturing:
-                raise ValueError("checkpoint holds capture rows but this rollout captures nothing")
-            self.log.load_state_dict(tensors["log"])
+        self.log.position = int(values["position"])
+        if values["capture"] is None:
+            self.recorder = None
+        elif self.recorder is None:
+            raise ValueError("checkpoint holds recorded episodes but this rollout captures nothing")
         else:
-            if self.capturing:
-                self._stop_capturing()
-            self.log.position = int(values["position"])
-        device = self.env.device
-        self.pending = [
-            _PendingEpisode(
-                states=raw["states"].to(device),
-                actions=raw["actions"].to(device),
-                rewards=raw["rewards"].to(device),
-                **meta,
+            self.recorder.load_state_dict(
+                tensors["capture"], values["capture"], self.tracker.total, self.position + 1, self.iteration
             )
-            for meta, raw in zip(values["pending"], tensors["pending"], strict=True)
-        ]
 
 
 def evaluate(

@@ -1,10 +1,10 @@
 """A ring buffer, on the device, with one row of per-env numbers per step.
 
-The rollout writes everything it keeps about a step -- running episode
-statistics and, when traces are scheduled, each env's capture state, action
-and reward -- as *one* row with a single tensor copy. Rows are feature-major,
-``(n_features, n_envs)``: every feature is contiguous over envs, the way envs
-store their state, so the copy is a plain memory copy.
+The rollout writes its running episode statistics for every env as *one*
+row per step with a single tensor copy, and reads an iteration's rows back
+once, at the iteration's end. Rows are feature-major, ``(n_features,
+n_envs)``: every feature is contiguous over envs, the way envs store their
+state, so the copy is a plain memory copy.
 
 Rows are addressed by *position*: position 0 is the batch right after
 ``reset()``; the step that brings the batch to position ``p`` writes row
@@ -26,7 +26,7 @@ class StepLog:
     Args:
         n_envs: Batch size.
         n_features: Numbers per env per step.
-        capacity: Rows kept (the longest look-back needed, plus one).
+        capacity: Rows kept (the longest look-back needed).
         device: Where the rows live.
         dtype: Float dtype of the rows (integers and flags are stored exactly).
     """
@@ -45,14 +45,6 @@ class StepLog:
         self.position = self.position + 1 if position is None else int(position)
         torch.cat(tuple(columns), 0, out=self.rows[self.position % self.capacity])
 
-    def _index(self, first: int, last: int) -> torch.Tensor:
-        if first < 0 or last > self.position or self.position - first >= self.capacity:
-            raise ValueError(
-                f"positions {first}..{last} are not in the step log "
-                f"(it holds {max(0, self.position - self.capacity + 1)}..{self.position})"
-            )
-        return torch.arange(first, last + 1, device=self.rows.device) % self.capacity
-
     def read(self, first: int, last: int, features: slice = slice(None)) -> torch.Tensor:
         """``(last - first + 1, f, n_envs)``: the rows of positions ``first..last``.
 
@@ -61,45 +53,13 @@ class StepLog:
         Raises:
             ValueError: When some of those rows are gone (or not written yet).
         """
-        index = self._index(first, last)
+        if first < 0 or last > self.position or self.position - first >= self.capacity:
+            raise ValueError(
+                f"positions {first}..{last} are not in the step log "
+                f"(it holds {max(0, self.position - self.capacity + 1)}..{self.position})"
+            )
         start = first % self.capacity
         if start + (last - first) < self.capacity:
             return self.rows[start : start + last - first + 1, features]
+        index = torch.arange(first, last + 1, device=self.rows.device) % self.capacity
         return self.rows[index, features]
-
-    def read_env(self, env_id: int, first: int, last: int) -> torch.Tensor:
-        """``(last - first + 1, n_features)``: one env's rows of positions ``first..last``.
-
-        Raises:
-            ValueError: As :meth:`read`.
-        """
-        return self.rows[self._index(first, last), :, env_id]
-
-    def state_dict(self, keep: int, first_feature: int = 0) -> dict[str, torch.Tensor]:
-        """The last ``keep`` rows in time order (on the CPU), plus the position.
-
-        Args:
-            keep: Rows to keep (at most what the log holds).
-            first_feature: Leave out the features before this one (those a
-                resumed run does not need).
-        """
-        keep = max(0, min(int(keep), self.position + 1, self.capacity))
-        features = slice(int(first_feature), None)
-        rows = self.read(self.position - keep + 1, self.position, features) if keep else self.rows[:0, features]
-        return {"rows": rows.cpu(), "position": torch.tensor(self.position), "first_feature": torch.tensor(first_feature)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Put back what :meth:`state_dict` returned.
-
-        Raises:
-            ValueError: When the rows do not fit this log's shape.
-        """
-        rows, first = state["rows"], int(state["first_feature"])
-        if rows.shape[1:] != self.rows[0, first:].shape or rows.shape[0] > self.capacity:
-            raise ValueError(
-                f"step log checkpoint has rows of shape {tuple(rows.shape)}, this log holds {tuple(self.rows.shape)}"
-            )
-        self.position = int(state["position"])
-        keep = rows.shape[0]
-        index = torch.arange(self.position - keep + 1, self.position + 1, device=self.rows.device) % self.capacity
-        self.rows[index, first:] = rows.to(self.rows.device, self.rows.dtype)

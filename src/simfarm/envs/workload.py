@@ -23,8 +23,10 @@ Params (a ``[[rollouts]]`` table; every key but ``env`` has a default)::
     #   entropy_coef, value_coef, max_grad_norm, hidden
 
 Checkpoints hold the env state (including its generator), the running
-episode statistics, the capture log rows unfinished episodes still need,
-and for training the weights and the optimizer; they are written with
+episode statistics, the capture rows of the scheduled episodes still
+running and of the ``last_n_episodes`` candidates (a few hundred rows per
+followed env, whatever ``n_envs``), and for training the weights and the
+optimizer; they are written with
 ``torch.save`` and read back with ``torch.load(weights_only=True)``. A job
 restored into a fresh ``build`` continues bit-identically on the CPU.
 """
@@ -54,7 +56,7 @@ from simfarm.workloads import current_job
 __all__ = ["POLICIES", "RolloutWorkload", "build", "steps_for", "validate"]
 
 POLICIES = ("random", "heuristic", "mlp-train")
-CHECKPOINT_FORMAT = "simfarm.rollout/1"
+CHECKPOINT_FORMAT = "simfarm.rollout/2"  # 2: capture rows per followed env (start-order ids)
 _DEFAULT_PPO = PPOConfig()
 #: Options of each env that a spec may set, with their readers.
 ENV_OPTIONS = {
@@ -207,6 +209,7 @@ class RolloutWorkload:
             capture=schedule,
             window=p["average_window"],
             metadata={"policy": p["policy"], "seed": self.seed},
+            iterations=p["iterations"],
         )
         self.n_steps: int = p["iterations"]
         self.trainer: PPOTrainer | None = None
