@@ -180,16 +180,33 @@ def _inspect_summary(result: Any) -> dict[str, Any]:
 
 
 def _cmd_render(args: argparse.Namespace, *, only: str | None, workers: int | None, quiet: bool) -> int:
-    from simfarm.artifacts import render_run
+    from simfarm.farm.renderers import render_run
+    from simfarm.render.rundir import merge_renders
+    from simfarm.store import atomic_write, dumps_json, is_live, read_manifest
 
     if workers is not None and workers < 1:
         raise SpecError(f"--workers must be a positive integer, got {workers}")
-    summary = render_run(Path(args.run_dir), only=only, workers=workers, quiet=quiet)
-    print(f"rendered {summary['done']} task(s), {summary['failed']} failed; {summary['files']} file(s) written")
-    for key, error in summary["errors"].items():
-        print(f"  failed {key}: {error}", file=sys.stderr)
-    print(args.run_dir)
-    return EXIT_OK if not summary["failed"] else EXIT_FAILED_JOBS
+    root = Path(args.run_dir)
+    read_manifest(root)  # a clear error for a path that is not a run directory
+    if is_live(root):
+        raise RunDirError(f"{root} belongs to a live run (its coordinator writes there); wait until it ends")
+    try:
+        # --workers 1 renders in this process, without Ray.
+        entries = render_run(root, only=only, workers=None if workers is None else (0 if workers == 1 else workers),
+                             progress=None if quiet else sys.stderr)
+    except ValueError as exc:  # a bad --only, or a [render] table that no longer validates
+        raise SpecError(str(exc)) from None
+    # This process is the run directory's only writer now: record the renders.
+    manifest = read_manifest(root)
+    manifest["renders"] = sorted(merge_renders(manifest.get("renders", []), entries), key=lambda e: str(e["key"]))
+    atomic_write(root / "manifest.json", dumps_json(manifest, indent=1))
+    failed = {e["key"]: e["error"] for e in entries if e["status"] == "failed"}
+    files = sum(len(e["outputs"]) for e in entries)
+    print(f"rendered {len(entries)} task(s), {len(failed)} failed; {files} file(s)")
+    for key, error in failed.items():
+        print(f"  failed {key}: {str(error).splitlines()[0] if error else ''}", file=sys.stderr)
+    print(root)
+    return EXIT_OK if not failed else EXIT_FAILED_JOBS
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -424,13 +424,8 @@ def _read_runtime_env(r: ParamReader | None) -> dict[str, Any] | None:
 
 
 def _read_render(table: Any, render_workers: int | None) -> Any:
-    try:
-        from simfarm.render.tasks import validate_render
-    except ImportError:  # TEMPORARY until the render layer lands
-        import types
+    from simfarm.render.tasks import validate_render
 
-        return types.SimpleNamespace(gifs=False, episode_gifs=False, curves=False, mp4=False, report=False,
-                                     fps=None, max_frames=None, workers=render_workers or 0)
     options = validate_render(table if table is not None else {}, "render")
     if render_workers is not None:
         if isinstance(table, Mapping) and "workers" in table and table["workers"] != render_workers:

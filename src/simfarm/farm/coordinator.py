@@ -102,7 +102,7 @@ class Coordinator:
         run_dir: The run directory (created when new).
         session: Id of the driver session; leases of other sessions are void.
         options: ``max_job_restarts``, ``render`` (RenderOptions as a dict),
-            ``render_workers``, ``retry_failed``.
+            ``retry_failed``.
 
     Raises:
         RunDirError: When the directory belongs to another run or is locked
@@ -621,8 +621,6 @@ class Coordinator:
     # ------------------------------------------------------------------
     def _render_setup(self) -> Any:
         """The render options, creating the RenderWorker pool on first use (None = rendering off)."""
-        if not self.options.get("render"):  # TEMPORARY until the render layer lands
-            return None
         if self._render_options is None:
             from simfarm.render.tasks import RenderOptions
 
@@ -633,7 +631,7 @@ class Coordinator:
         if self._render_pool is None:
             from simfarm.farm.renderers import RenderPool
 
-            self._render_pool = RenderPool(int(self.options.get("render_workers", opts.workers)))
+            self._render_pool = RenderPool(int(opts.workers))
         return opts
 
     def _submit_renders(self, event: str, job: _Job, trace: EpisodeTrace | None = None) -> None:
@@ -696,17 +694,20 @@ class Coordinator:
             opts = self._render_setup()
             if opts is None:
                 return
-            from simfarm.artifacts import plan_renders, report_task_for
+            from simfarm.render.rundir import list_artifacts, run_dir_tasks
+            from simfarm.render.tasks import report_task
 
-            manifest = self._manifest()
-            for task in plan_renders(self.paths.root, manifest, tables, opts, include_report=False):
-                if self.renders.get(task.key, {}).get("status") != "done":
-                    self._render_pool.submit(task)
+            limit = 2 * max(1, self._render_pool.n_workers)
+            for task in run_dir_tasks(self.paths.root, opts, manifest=self._manifest(), tables=tables):
+                if self.renders.get(task.key, {}).get("status") == "done":
+                    continue  # rendered live already
+                self._render_pool.submit(task)
+                while self._render_pool.pending() >= limit:  # traces are read one at a time
+                    self._harvest_renders(self._render_pool.ready(timeout=0.5))
             self._harvest_renders(self._render_pool.drain())
             if opts.report:
-                self._write_manifest()
-                task = report_task_for(self.paths.root, self._manifest(), tables, opts)
-                self._render_pool.submit(task)
+                artifacts = list_artifacts(self.paths.root)
+                self._render_pool.submit(report_task(self._manifest(), tables, artifacts, opts))
                 self._harvest_renders(self._render_pool.drain())
         except Exception as exc:  # never fail the run over pictures
             self._record_render(

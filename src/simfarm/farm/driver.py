@@ -158,7 +158,6 @@ def _execute(
             {
                 "max_job_restarts": farm.max_job_restarts,
                 "render": _render_dict(spec),
-                "render_workers": render_workers,
                 "retry_failed": retry_failed,
             },
         )
@@ -225,8 +224,6 @@ def _rendering_on(spec: RunSpec) -> bool:
 def _render_dict(spec: RunSpec) -> dict[str, Any]:
     import dataclasses
 
-    if not dataclasses.is_dataclass(spec.render):  # TEMPORARY until the render layer lands
-        return {}
     return dataclasses.asdict(spec.render)
 
 

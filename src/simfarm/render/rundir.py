@@ -1,0 +1,157 @@
+"""Render tasks from a stored run directory, and writing their outputs back.
+
+``simfarm render RUN_DIR`` regenerates artifacts from what a run left on
+disk (manifest, tables, snapshots, traces). This module reads those files
+into the plain inputs the task builders of :mod:`simfarm.render.tasks`
+take, lazily (one trace at a time), and writes task outputs atomically
+(temporary name, then rename) after checking their paths. Re-rendering is
+idempotent: the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from simfarm.errors import RunDirError
+from simfarm.records import EpisodeTrace
+from simfarm.render.paths import check_output_path, safe_component
+from simfarm.render.tasks import RenderOptions, RenderTask, job_tasks, sweep_tasks, trace_tasks
+
+__all__ = [
+    "TABLES",
+    "list_artifacts",
+    "load_trace",
+    "merge_renders",
+    "read_manifest",
+    "read_snapshots",
+    "read_tables",
+    "run_dir_tasks",
+    "write_outputs",
+]
+
+#: Tables a run directory may hold (``<name>.parquet``).
+TABLES = ("rounds", "iterations", "steps", "episodes")
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """``manifest.json`` of *run_dir*.
+
+    Raises:
+        RunDirError: When it is missing or not valid JSON.
+    """
+    path = Path(run_dir) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} is not a simfarm run directory: {path.name} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path} is not valid JSON ({exc})") from None
+
+
+def read_tables(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Every table present in *run_dir* (absent ones are left out)."""
+    out = {}
+    for name in TABLES:
+        path = Path(run_dir) / f"{name}.parquet"
+        if path.exists():
+            out[name] = pd.read_parquet(path)
+    return out
+
+
+def read_snapshots(run_dir: str | Path, job_id: str) -> list[dict[str, Any]]:
+    """The round snapshots of *job_id* in round order (``snapshots/<job>/round-NNN.json``)."""
+    folder = Path(run_dir) / "snapshots" / safe_component(job_id)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("round-*.json"))]
+
+
+def load_trace(path: str | Path) -> EpisodeTrace:
+    """An :class:`EpisodeTrace` from its ``.npz`` (never unpickles)."""
+    with np.load(path, allow_pickle=False) as arrays:
+        return EpisodeTrace.from_npz_arrays(arrays)
+
+
+def _trace_paths(run_dir: Path, job_id: str) -> list[Path]:
+    return sorted((run_dir / "traces" / safe_component(job_id)).glob("episode-*.npz"))
+
+
+def list_artifacts(run_dir: str | Path) -> list[str]:
+    """Relative paths (POSIX) of every file under ``artifacts/``, sorted."""
+    root = Path(run_dir)
+    folder = root / "artifacts"
+    if not folder.exists():
+        return []
+    return sorted(p.relative_to(root).as_posix() for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def run_dir_tasks(run_dir: str | Path, options: RenderOptions, *, manifest: Mapping[str, Any] | None = None,
+                  tables: Mapping[str, pd.DataFrame] | None = None) -> Iterator[RenderTask]:
+    """Every render task of a stored run except the report, lazily.
+
+    Order: per job its episode traces (read one at a time), then its
+    evolution GIF and curves; finally the sweep-level curves.
+
+    Args:
+        run_dir: The run directory.
+        options: Render options (e.g. from :func:`~simfarm.render.tasks.options_for_only`).
+        manifest: Already-read manifest (read when None).
+        tables: Already-read tables (read when None).
+    """
+    root = Path(run_dir)
+    manifest = read_manifest(root) if manifest is None else manifest
+    tables = read_tables(root) if tables is None else tables
+    timing = manifest.get("timing_columns", [])
+    for job in manifest.get("jobs", []):
+        job_id = str(job["job_id"])
+        if options.episode_gifs or options.mp4:
+            for path in _trace_paths(root, job_id):
+                yield from trace_tasks(job_id, load_trace(path), options)
+        rows = tables.get(str(job.get("table", "steps")))
+        job_rows = rows[rows["job_id"] == job_id] if rows is not None and "job_id" in rows.columns else pd.DataFrame()
+        snapshots = read_snapshots(root, job_id) if options.gifs else []
+        yield from job_tasks(job, job_rows, snapshots, options, timing_columns=timing)
+    yield from sweep_tasks(manifest, tables, options)
+
+
+def write_outputs(run_dir: str | Path, outputs: Mapping[str, bytes]) -> list[str]:
+    """Write render outputs under *run_dir*, each atomically; return their paths.
+
+    A file whose content is already the same is left untouched (keeps
+    modification times stable on re-render).
+
+    Raises:
+        ValueError: For a path outside ``artifacts/`` / ``report.html``.
+    """
+    root = Path(run_dir)
+    written = []
+    for rel, data in outputs.items():
+        target = root / check_output_path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() and target.stat().st_size == len(data) and target.read_bytes() == data:
+            written.append(rel)
+            continue
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(rel)
+    return written
+
+
+def merge_renders(existing: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The manifest's ``renders`` list with *new* entries replacing those of the same key."""
+    merged = {str(e.get("key")): dict(e) for e in existing}
+    for entry in new:
+        merged[str(entry.get("key"))] = dict(entry)
+    return list(merged.values())

@@ -1,0 +1,124 @@
+"""Render actors on a real local Ray: RenderPool, Agg backend, failures, parallel Animator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from simfarm.farm.renderers import RenderPool, RenderWorker, render_run
+from simfarm.render.animator import Animator, IndexedFrameParams
+from simfarm.render.samples import sample_run_dir, sample_trace
+from simfarm.render.tasks import RenderOptions, RenderTask, run_task, trace_tasks
+
+
+class Bars(Animator):
+    """Bars growing frame by frame (update returns its artists: blitted)."""
+
+    def setup(self) -> Figure:
+        fig = Figure(figsize=(3.2, 2.4), dpi=50)
+        ax = fig.add_subplot()
+        ax.set_ylim(0, 10)
+        self.bars = ax.bar(range(5), np.zeros(5))
+        return fig
+
+    def update(self, frame_idx, params):
+        for bar, h in zip(self.bars, params, strict=True):
+            bar.set_height(h)
+        return list(self.bars)
+
+
+class Failing(Bars):
+    def update(self, frame_idx, params):
+        if frame_idx == 7:
+            raise RuntimeError("frame 7 cannot be drawn")
+        return super().update(frame_idx, params)
+
+
+def _heights(n):
+    return [tuple((i * k) % 10 for k in range(1, 6)) for i in range(n)]
+
+
+def test_pool_renders_and_returns_bytes(ray_local):
+    traces = [sample_trace(e, n_frames=10, height=32, width=48) for e in range(5)]
+    tasks = [t for tr in traces for t in trace_tasks("rollout-0003", tr, RenderOptions(mp4=True))]
+    with RenderPool(2, per_worker=1) as pool:
+        env = ray_local.get(pool._actors[0].environment.remote())
+        assert env["MPLBACKEND"] == "Agg" and env["backend"].lower() == "agg"
+        for task in tasks:
+            pool.submit(task)
+        assert pool.pending() == len(tasks)
+        results = pool.ready(timeout=30.0)  # waits for the first, returns every finished one
+        assert results and all(error is None for _, _, error in results)
+        results += pool.drain()
+        assert pool.pending() == 0
+    assert sorted(t.key for t, _, _ in results) == sorted(t.key for t in tasks)
+    for task, outputs, _ in results:
+        assert outputs == run_task(task)  # the same bytes as in this process
+
+
+def test_failures_come_back_as_text_and_do_not_stop_the_pool(ray_local):
+    good = trace_tasks("j", sample_trace(1, n_frames=4, height=16, width=16), RenderOptions())[0]
+    bad = RenderTask("evolution_gif", "j/evolution", "j", {"history": []}, RenderOptions())
+    with RenderPool(1) as pool:
+        pool.submit(bad)
+        pool.submit(good)
+        results = {t.key: (out, err) for t, out, err in pool.drain()}
+    out, err = results["j/evolution"]
+    assert out is None and err.startswith("ValueError: history is empty") and "history.py" in err
+    assert results[good.key][1] is None and results[good.key][0]
+
+
+def test_in_process_pool_needs_no_ray_and_catches_errors():
+    bad = RenderTask("nope", "k", None)
+    pool = RenderPool(0)
+    pool.submit(bad)
+    ((task, out, err),) = pool.ready()
+    assert task is bad and out is None and "unknown kind 'nope'" in err
+    with pytest.raises(ValueError, match="n_workers"):
+        RenderPool(-1)
+
+
+def test_parallel_animator_matches_serial(ray_local, tmp_path):
+    serial = Bars().make_video(tmp_path / "serial.mp4", _heights(40), fps=20, num_workers=1)
+    parallel = Bars().make_video(tmp_path / "parallel.mp4", _heights(40), fps=20, num_workers=2, chunk_size=3)
+    assert parallel.read_bytes() == serial.read_bytes()
+    shuffled = [IndexedFrameParams(i, h) for i, h in reversed(list(enumerate(_heights(40))))]
+    again = Bars().make_video(tmp_path / "shuffled.mp4", iter(shuffled), fps=20, num_workers=2)
+    assert again.read_bytes() == serial.read_bytes()
+
+
+def test_animator_on_a_running_pool_leaves_it_running(ray_local, tmp_path):
+    serial = Bars().make_video(tmp_path / "serial.mp4", _heights(24), fps=12, num_workers=1)
+    with RenderPool(2) as pool:
+        pooled = Bars().make_video(tmp_path / "pooled.mp4", _heights(24), fps=12, pool=pool)
+        assert pooled.read_bytes() == serial.read_bytes()
+        again = Bars().make_video(tmp_path / "again.mp4", _heights(24), fps=12, pool=pool)
+        assert again.read_bytes() == serial.read_bytes()
+        # The actors are still there and still render tasks.
+        pool.submit(trace_tasks("j", sample_trace(2, n_frames=3, height=8, width=8), RenderOptions())[0])
+        ((_, outputs, error),) = pool.drain()
+        assert error is None and outputs
+
+
+def test_parallel_animator_errors_reach_the_caller(ray_local, tmp_path):
+    with pytest.raises(RuntimeError, match="frame 7 cannot be drawn"):
+        Failing().make_video(tmp_path / "fail.mp4", _heights(20), fps=10, num_workers=2, chunk_size=2)
+
+
+def test_render_run_with_actors(ray_local, tmp_path):
+    run = sample_run_dir(tmp_path, n_seeds=2, n_rounds=2, n_iterations=6, n_episodes=1)
+    entries = render_run(run, workers=2, progress=None)
+    assert entries and all(e["status"] == "done" for e in entries), [e["error"] for e in entries]
+    assert {e["kind"] for e in entries} == {"episode_gif", "evolution_gif", "job_curves", "sweep_curves", "report"}
+    report = (run / "report.html").read_text()
+    for entry in entries:
+        for path in entry["outputs"]:
+            assert (run / path).is_file()
+            if path.startswith("artifacts/"):
+                assert path in report
+    meta = json.loads((run / "artifacts" / "rollout-0000" / "boxworld_episode_0000_reward_16.json").read_text())
+    assert meta["gif_frames"] == 16
+    assert RenderWorker is not None
