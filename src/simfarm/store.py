@@ -52,10 +52,13 @@ __all__ = [
     "atomic_write",
     "build_tables",
     "is_live",
+    "load_trace",
     "open_run",
     "read_journal",
     "read_manifest",
+    "read_snapshots",
     "safe_path",
+    "trace_paths",
 ]
 
 MANIFEST = "manifest.json"
@@ -391,16 +394,11 @@ class RunResult:
     def load_trace(self, row: Mapping[str, Any] | str) -> EpisodeTrace:
         """Load an episode trace from an ``episodes`` row (or its ``trace`` path)."""
         relative = row if isinstance(row, str) else str(row["trace"])
-        path = safe_path(self.run_dir, relative)
-        with np.load(path, allow_pickle=False) as arrays:
-            return EpisodeTrace.from_npz_arrays(arrays)
+        return load_trace(safe_path(self.run_dir, relative))
 
     def load_snapshots(self, job_id: str) -> list[dict[str, Any]]:
         """An experiment job's round snapshots, oldest first."""
-        folder = safe_path(self.run_dir, f"snapshots/{job_id}")
-        if not folder.is_dir():
-            return []
-        return [json.loads(p.read_text()) for p in sorted(folder.glob("round-*.json"))]
+        return read_snapshots(self.run_dir, job_id)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{name}={len(frame)}" for name, frame in self.tables().items())
@@ -408,6 +406,25 @@ class RunResult:
             f"RunResult({str(self.run_dir)!r}, status={self.status!r}, jobs={len(self.jobs)}, "
             f"failed={len(self.failed)}, {counts}, artifacts={len(self.artifacts)})"
         )
+
+
+def load_trace(path: str | Path) -> EpisodeTrace:
+    """An :class:`EpisodeTrace` from its ``.npz`` file (never unpickles)."""
+    with np.load(path, allow_pickle=False) as arrays:
+        return EpisodeTrace.from_npz_arrays(arrays)
+
+
+def read_snapshots(run_dir: str | Path, job_id: str) -> list[dict[str, Any]]:
+    """The round snapshots of *job_id* (``snapshots/<job>/round-NNN.json``), oldest first."""
+    folder = safe_path(Path(run_dir), f"snapshots/{job_id}")
+    if not folder.is_dir():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("round-*.json"))]
+
+
+def trace_paths(run_dir: str | Path, job_id: str) -> list[Path]:
+    """The ``.npz`` files of *job_id*'s captured episodes, in episode order."""
+    return sorted(safe_path(Path(run_dir), f"traces/{job_id}").glob("episode-*.npz"))
 
 
 def is_live(run_dir: str | Path) -> bool:

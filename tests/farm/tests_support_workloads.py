@@ -36,3 +36,20 @@ class Counter:
 def build_nested(params: dict[str, Any], seed: int) -> Counter:
     """A user workload with a nested params table."""
     return Counter(params, seed)
+
+
+class BadSnapshots(Counter):
+    """Rounds whose snapshots no renderer can draw: the evolution GIF must fail, the run must not."""
+
+    def __next__(self) -> Record:
+        record = super().__next__()
+        record.snapshot = {"schema": "not-a-round", "cells_shipped": "nonsense"}
+        return record
+
+
+def build_bad_snapshots(params: dict[str, Any], seed: int) -> BadSnapshots:
+    """Rounds with undrawable snapshots."""
+    return BadSnapshots(params, seed)
+
+
+build_bad_snapshots.table = "rounds"  # type: ignore[attr-defined]

@@ -85,6 +85,7 @@ class _Job:
     # Kept only while the job runs, for its render tasks when it finishes.
     rows: list[dict[str, Any]] = field(default_factory=list)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
+    timing_keys: set[str] = field(default_factory=set)
 
     @property
     def job_id(self) -> str:
@@ -412,14 +413,14 @@ class Coordinator:
                 how many steps the job ran (``steps_total``).
 
         Returns:
-            ``{"committed": n, "dropped": m, "stale": bool}``; stale means the
-            job is no longer this worker's (it should stop running it).
+            ``{"job_id", "committed": n, "dropped": m, "stale": bool}``; stale
+            means the job is no longer this worker's (it should stop running it).
         """
         started = time.perf_counter()
         job = self.jobs.get(batch["job_id"])
         if job is None or job.status != "running" or job.worker != batch["worker"]:
             self.records_dropped += len(batch["records"])
-            return {"committed": 0, "dropped": len(batch["records"]), "stale": True}
+            return {"job_id": batch["job_id"], "committed": 0, "dropped": len(batch["records"]), "stale": True}
         entries: list[dict[str, Any]] = []
         fresh: list[Record] = []
         for record in batch["records"]:
@@ -455,6 +456,8 @@ class Coordinator:
             atomic_write(
                 self.paths.path(RunPaths.checkpoint_rel(job.job_id)),
                 CHECKPOINT_MAGIC + header + b"\n" + checkpoint,
+                # A finished job is never resumed: its last checkpoint need not survive a power cut.
+                fsync=not done,
             )
             job.checkpoint_step = step
         self.records_committed += len(fresh)
@@ -472,7 +475,8 @@ class Coordinator:
         self._manifest_dirty = True
         self.ingest_seconds += time.perf_counter() - started
         self._harvest_renders()
-        return {"committed": len(fresh), "dropped": len(batch["records"]) - len(fresh), "stale": False}
+        return {"job_id": job.job_id, "committed": len(fresh), "dropped": len(batch["records"]) - len(fresh),
+                "stale": False}
 
     def _write_record_files(self, job: _Job, record: Record) -> dict[str, Any]:
         """Write a record's snapshot and traces; return its journal entry."""
@@ -501,6 +505,7 @@ class Coordinator:
         return entry
 
     def _row(self, job: _Job, entry: dict[str, Any]) -> dict[str, Any]:
+        job.timing_keys.update(entry.get("timings", {}))
         row = {"job_id": job.job_id, "step": entry["step"]}
         row.update(entry.get("metrics", {}))
         row.update(entry.get("timings", {}))
@@ -649,7 +654,8 @@ class Coordinator:
                 import pandas as pd
 
                 new = render_tasks.job_tasks(
-                    self._job_entry(job), pd.DataFrame(job.rows), list(job.snapshots), opts
+                    self._job_entry(job), pd.DataFrame(job.rows), list(job.snapshots), opts,
+                    timing_columns=sorted(job.timing_keys),
                 )
             for task in new:
                 if self.renders.get(task.key, {}).get("status") != "done":
@@ -676,10 +682,10 @@ class Coordinator:
     def _record_render(self, meta: dict[str, Any], outputs: dict[str, bytes] | None, error: str | None) -> None:
         written: list[str] = []
         if outputs:
+            from simfarm.render.rundir import write_outputs
+
             try:
-                for relative, data in sorted(outputs.items()):
-                    atomic_write(self.paths.path(relative), data, fsync=False)
-                    written.append(relative)
+                written = write_outputs(self.paths.root, dict(sorted(outputs.items())))
             except (OSError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
         entry = {"kind": "render", "key": meta["key"], "task": meta["task"], "job_id": meta["job_id"],

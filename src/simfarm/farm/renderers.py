@@ -76,9 +76,11 @@ def describe_error(exc: BaseException) -> str:
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """Start a local Ray (quiet, no dashboard) unless one is initialised."""
+    """Start a local Ray (quiet, no dashboard, loopback only) unless one is initialised."""
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=True)
+        from simfarm.farm.local import init_local_ray
+
+        init_local_ray(num_cpus or os.cpu_count() or 1, configure_logging=False, log_to_driver=True)
 
 
 def _use_agg() -> None:

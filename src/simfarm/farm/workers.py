@@ -102,6 +102,7 @@ class _SimulationWorker:
         self.max_in_flight = int(max_in_flight)
         self._in_flight: list[Any] = []
         self._stale = False
+        self._job_id: str | None = None
         self.jobs_run = 0
         self.steps_run = 0
 
@@ -131,6 +132,7 @@ class _SimulationWorker:
                 self.key, self.kind, os.getpid(), ray.get_runtime_context().get_node_id()
             ))
             if lease is None:
+                self._drain()
                 return {"worker": self.key, "jobs": self.jobs_run, "steps": self.steps_run}
             self._run_job(lease)
             self.jobs_run += 1
@@ -141,6 +143,7 @@ class _SimulationWorker:
         from simfarm.records import Record, check_metrics
 
         job_id = lease["job_id"]
+        self._job_id = job_id
         context = workloads.JobContext(
             job_id=job_id, attempt=int(lease["attempt"]), num_cpus=self.num_cpus, num_gpus=self.num_gpus
         )
@@ -200,7 +203,6 @@ class _SimulationWorker:
             self._send_final(job_id, buffer, None, expected_step, error=error)
         elif not self._stale:
             self._send_final(job_id, buffer, final_checkpoint, expected_step)
-        self._drain()
 
     def _send_final(
         self,
@@ -214,11 +216,12 @@ class _SimulationWorker:
 
         Ray may re-order retried calls when the coordinator restarts; a
         done/failed marker overtaking a batch of records would strand them.
+        The last batch itself is not waited for: the next lease call queues
+        behind it at the coordinator, which saves a round trip per job.
         """
         self._drain()
         if not self._stale:
             self._send(job_id, records, checkpoint, done=True, error=error, steps_total=steps_total)
-        self._drain()
 
     def _send(
         self,
@@ -253,7 +256,9 @@ class _SimulationWorker:
 
     def _check(self, ref: Any) -> None:
         reply = ray.get(ref)
-        if reply.get("stale"):
+        # Only a reply about the job running now can stop it (the previous
+        # job's last batch may still be in flight when the next one starts).
+        if reply.get("stale") and reply.get("job_id") == self._job_id:
             self._stale = True
 
 

@@ -10,19 +10,23 @@ idempotent: the same inputs give the same bytes.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from simfarm.errors import RunDirError
-from simfarm.records import EpisodeTrace
-from simfarm.render.paths import check_output_path, safe_component
+from simfarm.render.paths import check_output_path
+from simfarm.store import (
+    TABLE_FILES,
+    atomic_write,
+    load_trace,
+    open_run,
+    read_manifest,
+    read_snapshots,
+    safe_path,
+    trace_paths,
+)
 from simfarm.render.tasks import RenderOptions, RenderTask, job_tasks, sweep_tasks, trace_tasks
 
 __all__ = [
@@ -38,48 +42,15 @@ __all__ = [
 ]
 
 #: Tables a run directory may hold (``<name>.parquet``).
-TABLES = ("rounds", "iterations", "steps", "episodes")
-
-
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """``manifest.json`` of *run_dir*.
-
-    Raises:
-        RunDirError: When it is missing or not valid JSON.
-    """
-    path = Path(run_dir) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{run_dir} is not a simfarm run directory: {path.name} is missing") from None
-    except json.JSONDecodeError as exc:
-        raise RunDirError(f"{path} is not valid JSON ({exc})") from None
+TABLES = tuple(TABLE_FILES)
 
 
 def read_tables(run_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Every table present in *run_dir* (absent ones are left out)."""
-    out = {}
-    for name in TABLES:
-        path = Path(run_dir) / f"{name}.parquet"
-        if path.exists():
-            out[name] = pd.read_parquet(path)
-    return out
+    """The run's four tables (empty ones included), as :func:`simfarm.store.open_run` reads them.
 
-
-def read_snapshots(run_dir: str | Path, job_id: str) -> list[dict[str, Any]]:
-    """The round snapshots of *job_id* in round order (``snapshots/<job>/round-NNN.json``)."""
-    folder = Path(run_dir) / "snapshots" / safe_component(job_id)
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("round-*.json"))]
-
-
-def load_trace(path: str | Path) -> EpisodeTrace:
-    """An :class:`EpisodeTrace` from its ``.npz`` (never unpickles)."""
-    with np.load(path, allow_pickle=False) as arrays:
-        return EpisodeTrace.from_npz_arrays(arrays)
-
-
-def _trace_paths(run_dir: Path, job_id: str) -> list[Path]:
-    return sorted((run_dir / "traces" / safe_component(job_id)).glob("episode-*.npz"))
+    Works for finished runs (Parquet) and unfinished ones (rebuilt from the journal).
+    """
+    return open_run(run_dir).tables()
 
 
 def list_artifacts(run_dir: str | Path) -> list[str]:
@@ -111,7 +82,7 @@ def run_dir_tasks(run_dir: str | Path, options: RenderOptions, *, manifest: Mapp
     for job in manifest.get("jobs", []):
         job_id = str(job["job_id"])
         if options.episode_gifs or options.mp4:
-            for path in _trace_paths(root, job_id):
+            for path in trace_paths(root, job_id):
                 yield from trace_tasks(job_id, load_trace(path), options)
         rows = tables.get(str(job.get("table", "steps")))
         job_rows = rows[rows["job_id"] == job_id] if rows is not None and "job_id" in rows.columns else pd.DataFrame()
@@ -132,19 +103,9 @@ def write_outputs(run_dir: str | Path, outputs: Mapping[str, bytes]) -> list[str
     root = Path(run_dir)
     written = []
     for rel, data in outputs.items():
-        target = root / check_output_path(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists() and target.stat().st_size == len(data) and target.read_bytes() == data:
-            written.append(rel)
-            continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        target = safe_path(root, check_output_path(rel))
+        if not (target.exists() and target.stat().st_size == len(data) and target.read_bytes() == data):
+            atomic_write(target, data, fsync=False)  # pictures can be re-rendered after a power cut
         written.append(rel)
     return written
 
