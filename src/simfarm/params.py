@@ -87,6 +87,13 @@ class ParamReader:
         self._used.add(key)
         return key in self.table
 
+    def _given(self, key: str, default: Any, allow_none: bool) -> tuple[bool, Any]:
+        """``(True, value)`` when a value to check was given, else ``(False, result)``."""
+        present, value = self._get(key, default)
+        if not present or (value is None and allow_none):
+            return False, value
+        return True, value
+
     def _get(self, key: str, default: Any) -> tuple[bool, Any]:
         self._used.add(key)
         if key in self.table:
@@ -127,11 +134,9 @@ class ParamReader:
         allow_none: bool = False,
     ) -> Any:
         """An ``int`` (not a bool, not a float) within [minimum, maximum]."""
-        present, value = self._get(key, default)
-        if not present:
+        given, value = self._given(key, default, allow_none)
+        if not given:
             return value
-        if value is None and allow_none:
-            return None
         return self.check_integer(key, value, minimum=minimum, maximum=maximum)
 
     def check_integer(
@@ -167,11 +172,9 @@ class ParamReader:
         allow_none: bool = False,
     ) -> Any:
         """A finite ``float`` (ints accepted) within the bounds."""
-        present, value = self._get(key, default)
-        if not present:
+        given, value = self._given(key, default, allow_none)
+        if not given:
             return value
-        if value is None and allow_none:
-            return None
         lo = "" if minimum is None else (f"> {minimum}" if exclusive_minimum else f">= {minimum}")
         hi = "" if maximum is None else f"<= {maximum}"
         bounds = " and ".join(b for b in (lo, hi) if b)

@@ -22,7 +22,7 @@ it graduates at ``sustained_rounds`` (default 2).
 The defaults (0.1% loss, P >= 0.99) are strict on purpose: the posterior
 is looked at after every round, and with five looks at cumulative data
 "P >= 0.95 twice in a row" graduated a null arm in 4 of 40 experiments;
-at the defaults, none of those 40 did (see docs/benchmarks-experiments.md).
+at the defaults, none of those 40 did (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
