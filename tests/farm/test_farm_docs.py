@@ -84,3 +84,16 @@ def test_readme_setup_is_two_commands_and_ci_runs_the_test_one():
 def test_example_specs_are_valid(path):
     spec = load_spec(path)
     assert spec.jobs
+
+
+def test_relative_links_in_the_docs_resolve():
+    import re
+
+    pages = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md", ROOT / "cluster" / "README.md"]
+    assert len(pages) > 8
+    broken = []
+    for page in pages:
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not link.startswith(("http://", "https://")) and not (page.parent / link).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {link}")
+    assert not broken, broken
