@@ -131,12 +131,22 @@ def test_killed_driver_is_finished_by_resume(tmp_path):
             np.testing.assert_array_equal(rows[column].to_numpy(), [m[column] for m in expected])
 
 
-def test_resume_refuses_a_live_or_foreign_directory(tmp_path):
+def test_resume_refuses_a_live_or_foreign_directory(tmp_path, capsys):
+    import fcntl
+    import json
+
     from simfarm.cli import main
 
     assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "has no manifest.json" in capsys.readouterr().err
     (tmp_path / "manifest.json").write_text('{"schema": "something-else"}')
     assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "is not a simfarm manifest" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "simfarm.manifest/1", "spec": {}, "jobs": []}))
+    with open(tmp_path / ".lock", "a+") as lock:  # what a live coordinator holds
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "still in use by a live coordinator" in capsys.readouterr().err
 
 
 def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):

@@ -28,7 +28,7 @@ from simfarm.farm.local import init_local_ray
 from simfarm.farm.workers import WORKER_CLASSES, thread_env
 from simfarm.progress import Progress
 from simfarm.spec import RunSpec, load_spec, parse_spec
-from simfarm.store import RunResult, open_run, read_manifest
+from simfarm.store import RunResult, is_live, open_run, read_manifest
 
 __all__ = ["run", "resume", "DEFAULT_OUT", "NAMESPACE"]
 
@@ -98,6 +98,11 @@ def resume(
     """
     root = Path(run_dir)
     manifest = read_manifest(root)
+    if is_live(root):
+        raise RunDirError(
+            f"{root} is still in use by a live coordinator (its driver may still be running, or has just "
+            "died and Ray has not reaped its actors yet); wait a few seconds and try again"
+        )
     try:
         spec = parse_spec(manifest["spec"])
     except SpecError as exc:
