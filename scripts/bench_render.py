@@ -11,9 +11,13 @@
     render actors, cold (``num_workers=2``: actors started and killed by
     the call, start-up included) and warm (``pool=`` a running RenderPool
     of 2, as in (c));
-(c) 32 episode GIFs: ``run_task`` one after the other in this process vs a
-    ``RenderPool`` of 2 render actors (started before timing: in the farm
-    the pool lives as long as the run; its start-up is printed apart);
+(c) 32 episode GIFs from traces stored as ``.npz`` (as the farm stores
+    them): ``run_task`` one after the other in this process (each reads its
+    file) vs a ``RenderPool`` of 2 render actors that read the files
+    themselves (started before timing: in the farm the pool lives as long
+    as the run; its start-up is printed apart);
+(c') the same 32 GIFs from traces in memory, whose frames the pool ships
+    to its actors through Ray's object store;
 (d) GIF encoding alone: Pillow's default save of RGB frames vs
     ``simfarm.render.gif.encode_gif`` (shared palette, merged duplicates).
 
@@ -59,7 +63,7 @@ from simfarm.render.evolution import EvolutionPainter  # noqa: E402
 from simfarm.render.figures import style  # noqa: E402
 from simfarm.render.gif import encode_gif, evolution_gif_bytes  # noqa: E402
 from simfarm.render.samples import sample_history, sample_trace  # noqa: E402
-from simfarm.render.tasks import RenderOptions, run_task, trace_tasks  # noqa: E402
+from simfarm.render.tasks import RenderOptions, run_task, stored_trace_tasks, trace_tasks  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -226,17 +230,24 @@ def _plain_two_process(tasks: list) -> float:
     return two_process_speedup(_run_all, ((tasks[0::2],), (tasks[1::2],)), (tasks,))
 
 
-def episode_tasks(n_traces: int) -> list:
+def episode_tasks(n_traces: int, folder: str) -> tuple[list, list]:
     """Render tasks of *n_traces* 150-frame 300 x 400 episodes with a noisy band
-    (thousands of colours, so the quantising path runs)."""
+    (thousands of colours, so the quantising path runs), twice: carrying the
+    frames, and naming the traces stored as ``.npz`` in *folder* (as the
+    coordinator stores them and hands them to its render actors)."""
     traces = [sample_trace(e, n_frames=150, height=300, width=400, seed=e) for e in range(n_traces)]
     rng = np.random.default_rng(0)
+    stored = []
     for tr in traces:
         tr.frames[:, 100:180, 50:350] = rng.integers(0, 256, size=(1, 80, 300, 3), dtype=np.uint8)
-    return [trace_tasks(f"rollout-{e:04d}", tr, RenderOptions())[0] for e, tr in enumerate(traces)]
+        path = os.path.join(folder, f"episode-{tr.episode:05d}.npz")
+        np.savez(path, **tr.to_npz_arrays())
+        stored += stored_trace_tasks(f"rollout-{tr.episode:04d}", path, RenderOptions())
+    in_memory = [trace_tasks(f"rollout-{e:04d}", tr, RenderOptions())[0] for e, tr in enumerate(traces)]
+    return in_memory, stored
 
 
-def bench_episode_pool(repeats: int, tasks: list) -> dict[str, float]:
+def bench_episode_pool(repeats: int, tasks: list, label: str) -> dict[str, float]:
     from simfarm.farm.renderers import RenderPool
 
     n_traces = len(tasks)
@@ -258,7 +269,7 @@ def bench_episode_pool(repeats: int, tasks: list) -> dict[str, float]:
         assert all(err is None for _, _, err in results) and len(results) == len(tasks)
 
     try:
-        return compare("(c)", (f"{n_traces} episode GIFs, serial run_task", serial),
+        return compare(label, (f"{n_traces} episode GIFs, serial run_task", serial),
                        ("RenderPool(2).submit/drain", pooled), repeats)
     finally:
         pool.shutdown()
@@ -298,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
           f"load average before: {os.getloadavg()[0]:.2f}")
     if "a" in only:
         bench_evolution(args.repeats)
-    tasks_c = episode_tasks(args.traces) if "c" in only else []
+    import tempfile
+
+    trace_folder = tempfile.TemporaryDirectory()
+    tasks_c, stored_c = episode_tasks(args.traces, trace_folder.name) if "c" in only else ([], [])
     if tasks_c:  # before Ray starts: forking a process with Ray's threads is not safe
         print(f"     (c)'s GIFs in two plain processes (fork, no Ray) vs one: {_plain_two_process(tasks_c):.2f}x "
               "(what this machine allows that workload right now)")
@@ -310,14 +324,15 @@ def main(argv: list[str] | None = None) -> int:
 
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     if "b" in only:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             bench_animator(args.repeats, args.frames, tmp)
         print(f"     two processes vs one after (b): {parallel_headroom():.2f}x")
     if "c" in only:
-        bench_episode_pool(args.repeats, tasks_c)
+        bench_episode_pool(args.repeats, stored_c, "(c)")
         print(f"     two processes vs one after (c): {parallel_headroom():.2f}x")
+        bench_episode_pool(args.repeats, tasks_c, "(c')")
+        print(f"     two processes vs one after (c'): {parallel_headroom():.2f}x")
+    trace_folder.cleanup()
     if "d" in only:
         bench_gif_encoding(args.repeats)
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -53,6 +53,7 @@ __all__ = [
     "build_tables",
     "is_live",
     "load_trace",
+    "read_trace_meta",
     "open_run",
     "read_journal",
     "read_manifest",
@@ -412,6 +413,16 @@ def load_trace(path: str | Path) -> EpisodeTrace:
     """An :class:`EpisodeTrace` from its ``.npz`` file (never unpickles)."""
     with np.load(path, allow_pickle=False) as arrays:
         return EpisodeTrace.from_npz_arrays(arrays)
+
+
+def read_trace_meta(path: str | Path) -> dict[str, Any]:
+    """A stored trace's scalar fields and metadata (its ``meta`` member) without reading its frames.
+
+    Returns:
+        :meth:`EpisodeTrace.summary` keys plus ``metadata``.
+    """
+    with np.load(path, allow_pickle=False) as arrays:
+        return json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
 
 
 def read_snapshots(run_dir: str | Path, job_id: str) -> list[dict[str, Any]]:

@@ -122,3 +122,37 @@ def test_render_run_with_actors(ray_local, tmp_path):
     meta = json.loads((run / "artifacts" / "rollout-0000" / "boxworld_episode_0000_reward_16.json").read_text())
     assert meta["gif_frames"] == 16
     assert RenderWorker is not None
+
+
+def test_pool_actors_read_stored_traces_and_fall_back_to_frames(ray_local, tmp_path):
+    from simfarm.render.tasks import TraceFileUnavailable, stored_trace_tasks
+
+    traces = [sample_trace(e, n_frames=8, height=24, width=32) for e in range(4)]
+    tasks = []
+    for tr in traces:
+        path = tmp_path / f"episode-{tr.episode:05d}.npz"
+        np.savez(path, **tr.to_npz_arrays())
+        tasks += stored_trace_tasks("rollout-0001", path, RenderOptions(mp4=True))
+    with RenderPool(2) as pool:
+        for task in tasks:
+            pool.submit(task)
+        results = pool.drain()
+    assert all(error is None for _, _, error in results)
+    by_key = {task.key: outputs for task, outputs, _ in results}
+    for tr in traces:  # the actors read the files: same bytes as from the frames here
+        for task in trace_tasks("rollout-0001", tr, RenderOptions(mp4=True)):
+            assert by_key[task.key] == run_task(task)
+
+    # An actor that cannot read the file (as on another node) gets the frames instead.
+    retry = RenderPool._with_frames(tasks[0], TraceFileUnavailable("not on this node"))
+    assert retry is not None and retry.key == tasks[0].key
+    np.testing.assert_array_equal(retry.inputs["trace"].frames, traces[0].frames)
+    assert RenderPool._with_frames(tasks[0], RuntimeError("a drawing bug")) is None
+
+    # A file gone for everyone is a recorded failure, not a retry loop.
+    gone = stored_trace_tasks("rollout-0001", tmp_path / "episode-00001.npz", RenderOptions())[0]
+    (tmp_path / "episode-00001.npz").unlink()
+    with RenderPool(1) as pool:
+        pool.submit(gone)
+        [(task, outputs, error)] = pool.drain()
+    assert outputs is None and "TraceFileUnavailable" in error and "not readable" in error

@@ -203,3 +203,46 @@ def test_episode_gif_of_a_real_cartpole_trace():
         first = np.asarray(im.convert("RGB"))
         assert im.n_frames == json.loads(next(v for k, v in out.items() if k.endswith(".json")))["gif_frames"]
     assert np.array_equal(first, trace.frames[0])
+
+
+def test_stored_trace_tasks_render_the_same_bytes_from_the_file(tmp_path):
+    from simfarm.render.samples import sample_trace
+    from simfarm.render.tasks import TraceFileUnavailable, stored_trace_tasks, with_trace_loaded
+    from simfarm.store import read_trace_meta
+
+    trace = sample_trace(3, n_frames=12, height=24, width=40)
+    trace.metadata["env"] = "cartpole"
+    path = tmp_path / "episode-00003.npz"
+    np.savez(path, **trace.to_npz_arrays())
+    opts = RenderOptions(mp4=True)
+    in_memory = trace_tasks("rollout-0002", trace, opts)
+    stored = stored_trace_tasks("rollout-0002", path, opts)  # reads only the small meta member
+    assert read_trace_meta(path)["frame_count"] == 12
+    assert [t.key for t in stored] == [t.key for t in in_memory]
+    for task in stored:
+        assert "trace" not in task.inputs and task.inputs["trace_file"] == str(path.resolve())
+        assert task.inputs["trace_file_size"] == path.stat().st_size
+    assert [run_task(t) for t in stored] == [run_task(t) for t in in_memory]
+    assert any(name.startswith("artifacts/rollout-0002/cartpole_episode_0003") for name in run_task(stored[0]))
+
+    loaded = with_trace_loaded(stored[0])
+    np.testing.assert_array_equal(loaded.inputs["trace"].frames, trace.frames)
+    assert with_trace_loaded(in_memory[0]) is in_memory[0]
+
+    # A file that changed (or is absent) is refused, never misread.
+    np.savez(path, **sample_trace(3, n_frames=5, height=24, width=40).to_npz_arrays())
+    with pytest.raises(TraceFileUnavailable, match="the task expects"):
+        run_task(stored[0])
+    path.unlink()
+    with pytest.raises(TraceFileUnavailable, match="not readable in this process"):
+        run_task(stored[0])
+
+
+def test_stored_trace_tasks_skip_mp4_of_an_empty_trace(tmp_path):
+    from simfarm.render.samples import sample_trace
+    from simfarm.render.tasks import stored_trace_tasks
+
+    trace = sample_trace(0, n_frames=0, height=8, width=8)
+    path = tmp_path / "episode-00000.npz"
+    np.savez(path, **trace.to_npz_arrays())
+    assert [t.kind for t in stored_trace_tasks("j", path, RenderOptions(mp4=True))] == ["episode_gif"]

@@ -649,7 +649,12 @@ class Coordinator:
 
             if event == "trace":
                 assert trace is not None
-                new = render_tasks.trace_tasks(job.job_id, trace, opts)
+                # The trace is on disk already: render actors read it there
+                # instead of this actor shipping its frames.
+                new = render_tasks.stored_trace_tasks(
+                    job.job_id, self.paths.path(RunPaths.trace_rel(job.job_id, int(trace.episode))), opts,
+                    summary=trace.summary(), metadata=trace.metadata,
+                )
             else:
                 import pandas as pd
 
@@ -708,7 +713,7 @@ class Coordinator:
                 if self.renders.get(task.key, {}).get("status") == "done":
                     continue  # rendered live already
                 self._render_pool.submit(task)
-                while self._render_pool.pending() >= limit:  # traces are read one at a time
+                while self._render_pool.pending() >= limit:  # bounded: job tasks carry their rows
                     self._harvest_renders(self._render_pool.ready(timeout=0.5))
             self._harvest_renders(self._render_pool.drain())
             if opts.report:

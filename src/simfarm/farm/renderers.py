@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 if TYPE_CHECKING:  # imported lazily below: pandas would add ~0.25 s to every actor's start
     from simfarm.render.tasks import RenderOptions, RenderTask
@@ -149,7 +150,12 @@ def _new_worker(num_cpus: float) -> Any:
     # matplotlib there) rather than through runtime_env: an env-var
     # runtime_env cannot use Ray's prestarted worker processes and made
     # every actor start about 0.7 s slower.
-    return RenderWorker.options(num_cpus=num_cpus).remote()
+    # Preferably on this node (soft): stored traces are read from the run
+    # directory here, and drawn frames come back here to be encoded.
+    return RenderWorker.options(
+        num_cpus=num_cpus,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True),
+    ).remote()
 
 
 class RenderPool:
@@ -162,6 +168,13 @@ class RenderPool:
         num_cpus: CPUs each actor reserves.
         per_worker: Tasks in flight per actor (the rest wait in the pool's
             queue): bounds the object-store memory tasks and results hold.
+
+    The actors are placed on this process's node when it has room (soft
+    affinity): tasks built by :func:`~simfarm.render.tasks.stored_trace_tasks`
+    name trace files of this node's run directory, which the actors read
+    themselves. An actor that cannot read one (it landed on another node)
+    fails the task with ``TraceFileUnavailable``; the pool then reads the
+    file here and sends the task again with the frames.
 
     Raises:
         ValueError: When *n_workers* is negative.
@@ -242,7 +255,11 @@ class RenderPool:
                 try:
                     results.append((task, ray.get(ref), None))
                 except ray.exceptions.RayTaskError as exc:
-                    results.append((task, None, describe_error(exc)))
+                    retry = self._with_frames(task, exc)
+                    if retry is not None:
+                        self._queue.appendleft(retry)
+                    else:
+                        results.append((task, None, describe_error(exc)))
                 except ray.exceptions.RayActorError as exc:
                     results.append((task, None, f"render worker died: {describe_error(exc)}"))
                     self._replace(index)
@@ -250,6 +267,23 @@ class RenderPool:
                     results.append((task, None, describe_error(exc)))
         self._dispatch()
         return results
+
+    @staticmethod
+    def _with_frames(task: RenderTask, exc: BaseException) -> RenderTask | None:
+        """The task again with its trace's frames, when an actor could not read the stored file.
+
+        An actor placed on another node (no shared file system) cannot open
+        a trace file of this node's run directory; this process can.
+        """
+        from simfarm.render.tasks import TraceFileUnavailable, with_trace_loaded
+
+        unreadable = isinstance(exc, TraceFileUnavailable) or isinstance(getattr(exc, "cause", None), TraceFileUnavailable)
+        if not unreadable or "trace" in task.inputs:
+            return None
+        try:
+            return with_trace_loaded(task)
+        except OSError:
+            return None  # unreadable here too: report the actor's error
 
     def _replace(self, index: int) -> None:
         ray.kill(self._actors[index], no_restart=True)

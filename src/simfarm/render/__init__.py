@@ -13,7 +13,7 @@ Main entry points:
   :func:`metric_curves` + :func:`render_curves` / :func:`write_curves`;
 - :class:`Animator`, :class:`IndexedFrameParams` -- frame-parallel animations;
 - :class:`RenderTask`, :class:`RenderOptions`, :func:`run_task` and the
-  builders :func:`trace_tasks`, :func:`job_tasks`, :func:`sweep_tasks`,
+  builders :func:`trace_tasks`, :func:`stored_trace_tasks`, :func:`job_tasks`, :func:`sweep_tasks`,
   :func:`report_task` -- what the farm hands to render actors.
 """
 
@@ -43,6 +43,7 @@ __all__ = [
     "render_curves",
     "report_task",
     "run_task",
+    "stored_trace_tasks",
     "sweep_curves",
     "sweep_tasks",
     "trace_tasks",
@@ -81,6 +82,7 @@ _WHERE = {
     "run_task": "tasks",
     "sweep_tasks": "tasks",
     "trace_tasks": "tasks",
+    "stored_trace_tasks": "tasks",
     "validate_render": "tasks",
 }
 

@@ -3,7 +3,7 @@
 ``simfarm render RUN_DIR`` regenerates artifacts from what a run left on
 disk (manifest, tables, snapshots, traces). This module reads those files
 into the plain inputs the task builders of :mod:`simfarm.render.tasks`
-take, lazily (one trace at a time), and writes task outputs atomically
+take, lazily (traces as file references the render process reads), and writes task outputs atomically
 (temporary name, then rename) after checking their paths. Re-rendering is
 idempotent: the same inputs give the same bytes.
 """
@@ -27,7 +27,7 @@ from simfarm.store import (
     safe_path,
     trace_paths,
 )
-from simfarm.render.tasks import RenderOptions, RenderTask, job_tasks, sweep_tasks, trace_tasks
+from simfarm.render.tasks import RenderOptions, RenderTask, job_tasks, stored_trace_tasks, sweep_tasks
 
 __all__ = [
     "TABLES",
@@ -66,7 +66,8 @@ def run_dir_tasks(run_dir: str | Path, options: RenderOptions, *, manifest: Mapp
                   tables: Mapping[str, pd.DataFrame] | None = None) -> Iterator[RenderTask]:
     """Every render task of a stored run except the report, lazily.
 
-    Order: per job its episode traces (read one at a time), then its
+    Order: per job its episode traces (as file references: render processes
+    read the frames), then its
     evolution GIF and curves; finally the sweep-level curves.
 
     Args:
@@ -83,7 +84,7 @@ def run_dir_tasks(run_dir: str | Path, options: RenderOptions, *, manifest: Mapp
         job_id = str(job["job_id"])
         if options.episode_gifs or options.mp4:
             for path in trace_paths(root, job_id):
-                yield from trace_tasks(job_id, load_trace(path), options)
+                yield from stored_trace_tasks(job_id, path, options)
         rows = tables.get(str(job.get("table", "steps")))
         job_rows = rows[rows["job_id"] == job_id] if rows is not None and "job_id" in rows.columns else pd.DataFrame()
         snapshots = read_snapshots(root, job_id) if options.gifs else []

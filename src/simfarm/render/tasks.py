@@ -5,8 +5,13 @@ plain data (a committed trace, a finished job's rows and snapshots, the
 run's tables) and hands them to render actors, which run :func:`run_task`
 and return ``{relative path: bytes}``. The coordinator (or the
 ``simfarm render`` process) is the single writer of the run directory.
-Render actors may live on other nodes, so a task carries its inputs, never
-paths to read.
+A task carries its inputs as data, with one exception: an episode trace
+already stored in the run directory travels as its file's path and size
+(:func:`stored_trace_tasks`), because shipping 50 MB of frames through
+Ray's object store costs the sender about as much CPU as drawing the GIF.
+The render process reads such a file itself (never unpickling it); where
+it cannot (another node, no shared file system) it raises
+:class:`TraceFileUnavailable` and the pool sends the frames instead.
 
 Output paths are relative: ``artifacts/<job_id>/<file>``,
 ``artifacts/sweep/<file>`` or ``report.html``. They are built only from
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +46,10 @@ __all__ = [
     "report_task",
     "run_task",
     "safe_component",
+    "stored_trace_tasks",
     "sweep_tasks",
     "trace_tasks",
+    "TraceFileUnavailable",
     "validate_render",
 ]
 
@@ -161,26 +169,89 @@ class RenderTask:
 # ---------------------------------------------------------------------------
 # Builders: what to render, from plain data
 # ---------------------------------------------------------------------------
-def _episode_prefix(trace: EpisodeTrace) -> str:
-    env = trace.metadata.get("env") if isinstance(trace.metadata, Mapping) else None
-    return str(env) if env else "episode"
-
-
 def trace_tasks(job_id: str, trace: EpisodeTrace, options: RenderOptions) -> list[RenderTask]:
     """Tasks for one committed episode trace: its GIF (+JSON) and, with
-    ``options.mp4``, its MP4.
+    ``options.mp4``, its MP4. The tasks carry the trace's frames.
 
     Returns:
         Zero, one or two tasks, keyed ``<job_id>/episode-NNNNN[/mp4]``.
     """
-    key = f"{job_id}/episode-{int(trace.episode):05d}"
-    inputs = {"trace": trace, "prefix": _episode_prefix(trace)}
+    return _episode_tasks(job_id, trace.summary(), trace.metadata, {"trace": trace}, options)
+
+
+def stored_trace_tasks(job_id: str, path: str | Path, options: RenderOptions, *,
+                       summary: Mapping[str, Any] | None = None,
+                       metadata: Mapping[str, Any] | None = None) -> list[RenderTask]:
+    """Like :func:`trace_tasks` for a trace stored as ``.npz``, read by the render process.
+
+    The tasks carry the file's absolute path and size instead of its frames;
+    :func:`run_task` loads the file (``allow_pickle=False``) and raises
+    :class:`TraceFileUnavailable` when it is missing or has another size.
+
+    Args:
+        job_id: The trace's job.
+        path: The ``.npz`` file (as the store writes it).
+        options: Render options.
+        summary, metadata: The trace's :meth:`~EpisodeTrace.summary` and
+            metadata when the caller has them; else read from the file's
+            small ``meta`` member (the frames are not read).
+
+    Raises:
+        OSError, KeyError, ValueError: When the file is unreadable or not a trace.
+    """
+    from simfarm.store import read_trace_meta
+
+    path = Path(path).resolve()
+    if summary is None or metadata is None:
+        meta = read_trace_meta(path)
+        summary, metadata = meta, meta.get("metadata", {})
+    inputs = {"trace_file": str(path), "trace_file_size": path.stat().st_size}
+    return _episode_tasks(job_id, summary, metadata, inputs, options)
+
+
+def _episode_tasks(job_id: str, summary: Mapping[str, Any], metadata: Any, inputs: dict[str, Any],
+                   options: RenderOptions) -> list[RenderTask]:
+    key = f"{job_id}/episode-{int(summary['episode']):05d}"
+    env = metadata.get("env") if isinstance(metadata, Mapping) else None
+    inputs = {**inputs, "prefix": str(env) if env else "episode"}
     tasks = []
     if options.episode_gifs:
         tasks.append(RenderTask("episode_gif", key, job_id, inputs, options))
-    if options.mp4 and len(trace.frames):
+    if options.mp4 and int(summary.get("frame_count", 0)):
         tasks.append(RenderTask("episode_mp4", f"{key}/mp4", job_id, inputs, options))
     return tasks
+
+
+class TraceFileUnavailable(OSError):
+    """A task's stored trace file cannot be read here (another node, or it changed)."""
+
+
+def with_trace_loaded(task: RenderTask) -> RenderTask:
+    """*task* with its stored trace file read into ``inputs["trace"]`` (a no-op otherwise).
+
+    Raises:
+        TraceFileUnavailable: When the file is not readable here either.
+    """
+    if "trace_file" not in task.inputs or "trace" in task.inputs:
+        return task
+    return replace(task, inputs={**task.inputs, "trace": _task_trace(task)})
+
+
+def _task_trace(task: RenderTask) -> EpisodeTrace:
+    trace = task.inputs.get("trace")
+    if trace is not None:
+        return trace
+    from simfarm.store import load_trace
+
+    path = Path(task.inputs["trace_file"])
+    expected = int(task.inputs["trace_file_size"])
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise TraceFileUnavailable(f"trace file {path} is not readable in this process") from None
+    if size != expected:
+        raise TraceFileUnavailable(f"trace file {path} has {size} bytes here, the task expects {expected}")
+    return load_trace(path)
 
 
 def _flat_params(params: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -347,7 +418,7 @@ def _evolution_outputs(task: RenderTask) -> dict[str, bytes]:
 def _episode_outputs(task: RenderTask) -> dict[str, bytes]:
     from simfarm.render.gif import episode_gif_files
 
-    trace: EpisodeTrace = task.inputs["trace"]
+    trace = _task_trace(task)
     files = episode_gif_files(trace, prefix=task.inputs.get("prefix", "episode"), fps=task.options.fps,
                               max_frames=task.options.max_frames, extra={"job_id": task.job_id})
     return {artifact_path(task.job_id, name): data for name, data in files.items()}
@@ -357,7 +428,7 @@ def _episode_mp4_outputs(task: RenderTask) -> dict[str, bytes]:
     from simfarm.render.gif import episode_stem
     from simfarm.render.video import encode_mp4
 
-    trace: EpisodeTrace = task.inputs["trace"]
+    trace = _task_trace(task)
     frames = np.asarray(trace.frames)
     if task.options.max_frames is not None:
         frames = frames[: task.options.max_frames]
