@@ -10,11 +10,14 @@ work (BLAS pinned to 1 thread everywhere). Run four ways:
 
 Ray is started once and shared by Tune and simfarm; its start-up is timed
 apart. Then the coordinator's ingest rate: many zero-work steps, batched.
+First of all, the coordinator's bookkeeping cost per job replayed in this
+process at 64 and at 4,000 jobs (their ratio shows whether it stays linear).
 
 Usage::
 
     python scripts/bench_farm.py                 # the documented figures
     python scripts/bench_farm.py --jobs 16 --skip-tune   # a quick look
+    python scripts/bench_farm.py --only-bookkeeping      # the coordinator's cost per job at 64 vs 4,000 jobs
 """
 
 from __future__ import annotations
@@ -90,6 +93,44 @@ def bench_simfarm(spec: str, out: Path, workers: int) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
+def bench_bookkeeping(n_jobs: int, poll_every: int = 10) -> float:
+    """The coordinator's own cost per job, in this process (no Ray): seconds per job.
+
+    Replays *n_jobs* zero-work ``random-walk`` jobs of 6 steps through a
+    :class:`Coordinator` -- lease, run, commit the final batch -- and polls
+    it every *poll_every* jobs, as a driver's progress loop would. Compare
+    the figure at two job counts: equal means the bookkeeping is linear.
+    """
+    from simfarm.farm.coordinator import Coordinator
+    from simfarm.spec import load_spec
+
+    spec = load_spec(
+        f'name = "books"\nseeds = {n_jobs}\n[[jobs]]\nworkload = "random-walk"\nsteps = 6\n'
+        "[render]\ngifs = false\nepisode_gifs = false\ncurves = false\nreport = false\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        coordinator = Coordinator(str(Path(tmp) / "run"), "bench", {"render": spec.raw["render"]})
+        coordinator.start(spec.raw, [job.to_json() for job in spec.jobs])
+        started = time.perf_counter()
+        done = 0
+        while (lease := coordinator.lease("w0", "generic", os.getpid())) is not None:
+            workload = build(dict(lease["params"]), int(lease["job_seed"]))
+            records = list(workload)
+            for record in records:
+                record.job_id = lease["job_id"]
+            coordinator.commit({
+                "job_id": lease["job_id"], "worker": "w0", "records": records,
+                "checkpoint": workload.checkpoint(), "checkpoint_step": records[-1].step, "done": True,
+                "steps_total": len(records), "error": None, "traceback": None,
+            })
+            done += 1
+            if done % poll_every == 0:
+                coordinator.poll()
+        elapsed = time.perf_counter() - started
+        coordinator.finish()
+    return elapsed / n_jobs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=64)
@@ -99,7 +140,16 @@ def main() -> None:
     parser.add_argument("--skip-tune", action="store_true")
     parser.add_argument("--ingest-jobs", type=int, default=8)
     parser.add_argument("--ingest-steps", type=int, default=5000)
+    parser.add_argument("--bookkeeping-jobs", type=int, default=4000,
+                        help="job count of the large in-process bookkeeping replay (vs 64)")
+    parser.add_argument("--only-bookkeeping", action="store_true", help="run only the bookkeeping replay")
     args = parser.parse_args()
+
+    small, large = bench_bookkeeping(64), bench_bookkeeping(args.bookkeeping_jobs)
+    print(f"coordinator bookkeeping, in process: {small * 1000:.2f} ms per job at 64 jobs, "
+          f"{large * 1000:.2f} ms at {args.bookkeeping_jobs} jobs ({large / small:.2f}x; 1.0 = linear)")
+    if args.only_bookkeeping:
+        return
 
     import ray
 

@@ -122,11 +122,22 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
         raise
 
 
-def dumps_json(obj: Any, *, indent: int | None = None) -> bytes:
-    """Strict JSON bytes (non-finite floats become null); compact unless *indent*."""
+def dumps_json(obj: Any, *, indent: int | None = None, checked: bool = True) -> bytes:
+    """Strict JSON bytes; compact unless *indent*.
+
+    Args:
+        obj: JSON-able data (numpy scalars and arrays are converted).
+        indent: Pretty-print with this indent (slower: Python's encoder).
+        checked: Replace non-finite floats with null first (a walk over
+            *obj*); with False the caller vouches there are none.
+
+    Raises:
+        ValueError: With ``checked=False``, when *obj* holds a non-finite float.
+    """
     separators = (",", ":") if indent is None else None
     return json.dumps(
-        json_safe(obj), indent=indent, separators=separators, allow_nan=False, default=_json_default
+        json_safe(obj) if checked else obj, indent=indent, separators=separators, allow_nan=False,
+        default=_json_default,
     ).encode()
 
 

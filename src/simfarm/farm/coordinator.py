@@ -51,6 +51,8 @@ from simfarm.store import (
 __all__ = ["Coordinator", "CHECKPOINT_MAGIC", "read_checkpoint"]
 
 CHECKPOINT_MAGIC = b"SIMFARM-CHECKPOINT/1\n"
+#: Least seconds between two manifest rewrites while a run goes on (the journal is the record).
+MANIFEST_INTERVAL = 1.0
 
 
 def _now() -> str:
@@ -86,6 +88,7 @@ class _Job:
     rows: list[dict[str, Any]] = field(default_factory=list)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     timing_keys: set[str] = field(default_factory=set)
+    manifest_spec: dict[str, Any] = field(default_factory=dict)  # json_safe(spec), for the manifest
 
     @property
     def job_id(self) -> str:
@@ -125,6 +128,7 @@ class Coordinator:
         self.jobs: dict[str, _Job] = {}
         self.order: list[str] = []
         self.leases: dict[str, str] = {}  # worker key -> job id
+        self._lease_cursor: dict[str, int] = {}  # kind -> index in order before which none is pending
         self.worker_pids: dict[str, int] = {}
         self.worker_nodes: dict[str, str] = {}
         self.renders: dict[str, dict[str, Any]] = {}
@@ -135,6 +139,8 @@ class Coordinator:
         self.status = "running"
         self.manifest_extra: dict[str, Any] = {"created": _now()}
         self._manifest_dirty = True
+        self._manifest_spec: dict[str, Any] = {}
+        self._manifest_due = 0.0  # monotonic time before which poll() does not rewrite the manifest
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=64)
         self._render_options: Any = None
         self._render_pool: Any = None
@@ -170,6 +176,11 @@ class Coordinator:
                      "job_seed", "params", "n_steps")
         self.spec_raw = spec_raw
         self.jobs = {j["job_id"]: _Job(spec={k: j.get(k) for k in spec_keys}) for j in jobs}
+        # JSON-safe copies made once (TOML allows nan and inf), so manifest
+        # writes need not walk the specs again.
+        self._manifest_spec = json_safe(spec_raw)
+        for job in self.jobs.values():
+            job.manifest_spec = json_safe(job.spec)
         self.order = list(self.jobs)
 
     def _open_journal(self, extra: list[dict[str, Any]]) -> None:
@@ -287,7 +298,7 @@ class Coordinator:
         jobs = []
         for job_id in self.order:
             job = self.jobs[job_id]
-            entry = dict(job.spec)
+            entry = dict(job.manifest_spec)
             entry.update(
                 status=job.status,
                 error=job.error,
@@ -304,7 +315,7 @@ class Coordinator:
             "updated": _now(),
             "finished": self.manifest_extra.get("finished"),
             "session": self.session,
-            "spec": self.spec_raw,
+            "spec": self._manifest_spec,
             "seed": self.spec_raw.get("seed", 0),
             "versions": _versions(),
             "host": {"hostname": socket.gethostname(), "platform": platform.platform()},
@@ -327,10 +338,27 @@ class Coordinator:
         }
 
     def _write_manifest(self, *, durable: bool = False) -> None:
-        # The manifest is a view of the journal: renaming it into place keeps
-        # readers safe; only the final one is worth an fsync.
-        atomic_write(self.paths.manifest, dumps_json(self._manifest(), indent=1), fsync=durable)
+        """Write manifest.json: compact while the run goes on, indented when it settles.
+
+        The manifest is a view of the journal: renaming it into place keeps
+        readers safe; only the settled one (*durable*) is worth an fsync.
+        Its jobs' specs were made JSON-safe once (:meth:`_set_jobs`), so the
+        running writes skip that walk and use json's C encoder: a 4,000-job
+        manifest then takes ~0.03 s instead of ~0.2 s.
+        """
+        started = time.perf_counter()
+        manifest = self._manifest()
+        if durable:
+            data = dumps_json(manifest, indent=1)
+        else:
+            try:
+                data = dumps_json(manifest, checked=False)
+            except ValueError:  # a non-finite float slipped in after all: take the checked path
+                data = dumps_json(manifest)
+        atomic_write(self.paths.manifest, data, fsync=durable)
         self._manifest_dirty = False
+        # Pace the running rewrites so that they cost at most ~5% of this actor's time.
+        self._manifest_due = time.monotonic() + max(MANIFEST_INTERVAL, 20 * (time.perf_counter() - started))
 
     # ------------------------------------------------------------------
     # Leases
@@ -362,10 +390,14 @@ class Coordinator:
                 else:
                     return self._grant(job, worker)
             self.leases.pop(worker, None)
-        for job_id in self.order:
-            job = self.jobs[job_id]
+        # Jobs are granted in spec order; the cursor skips the prefix already
+        # granted, so a run of n jobs costs O(n) lease scans, not O(n^2).
+        for index in range(self._lease_cursor.get(kind, 0), len(self.order)):
+            job = self.jobs[self.order[index]]
             if job.status == "pending" and job.kind == kind:
+                self._lease_cursor[kind] = index + 1
                 return self._grant(job, worker)
+        self._lease_cursor[kind] = len(self.order)
         return None
 
     def _grant(self, job: _Job, worker: str) -> dict[str, Any]:
@@ -397,6 +429,7 @@ class Coordinator:
         if job_id is not None and self.jobs[job_id].status == "running":
             job = self.jobs[job_id]
             job.status, job.worker = "pending", None
+            self._lease_cursor.clear()  # an earlier job is pending again
             self._append([{"kind": "job", "job_id": job_id, "event": "released", "worker": worker}])
             self._manifest_dirty = True
 
@@ -527,7 +560,7 @@ class Coordinator:
     def poll(self) -> dict[str, Any]:
         """Progress figures for the driver; also writes a dirty manifest and collects renders."""
         self._harvest_renders()
-        if self._manifest_dirty:
+        if self._manifest_dirty and time.monotonic() >= self._manifest_due:
             self._write_manifest()
         counts = {"pending": 0, "running": 0, "done": 0, "failed": 0}
         pending_by_kind: dict[str, int] = {}
