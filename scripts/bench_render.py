@@ -8,9 +8,9 @@
     default GIF save, as pytyche's ``experiment_evolution_gif`` does) vs
     ``simfarm.render.experiment_evolution_gif``;
 (b) a 200-frame Animator video: ``num_workers=1`` (this process) vs two
-    render actors, cold (``num_workers=2``: actors started and killed by
-    the call, start-up included) and warm (``pool=`` a running RenderPool
-    of 2, as in (c));
+    drawing processes, cold (``num_workers=2``: this process and one new
+    render actor, started and killed by the call, start-up included) and
+    warm (``pool=`` a running RenderPool of 2 actors, as in (c));
 (c) 32 episode GIFs from traces stored as ``.npz`` (as the farm stores
     them): ``run_task`` one after the other in this process (each reads its
     file) vs a ``RenderPool`` of 2 render actors that read the files
@@ -202,9 +202,9 @@ def bench_animator(repeats: int, n_frames: int, tmp: str) -> list[dict[str, floa
     def run(workers: int, pool: object = None) -> None:
         Orbits().make_video(os.path.join(tmp, f"orbits_{workers}.mp4"), params, fps=30, num_workers=workers, pool=pool)
 
-    # Cold: make_video starts two actors and kills them at the end (start-up included).
+    # Cold: make_video draws here and on one new actor, killed at the end (start-up included).
     cold = compare("(b)", (f"Animator {n_frames} frames, num_workers=1", lambda: run(1)),
-                   ("num_workers=2: 2 new render actors", lambda: run(2)), repeats)
+                   ("num_workers=2: here + 1 new actor", lambda: run(2)), repeats)
     # Warm: the actors of a running RenderPool draw (as (c) measures the pool).
     start = time.perf_counter()
     pool = RenderPool(2)

@@ -81,9 +81,16 @@ def test_in_process_pool_needs_no_ray_and_catches_errors():
         RenderPool(-1)
 
 
-def test_parallel_animator_matches_serial(ray_local, tmp_path):
+def test_parallel_animator_matches_serial(ray_local, tmp_path, monkeypatch):
+    import simfarm.farm.renderers as renderers
+
+    started = []
+    real_new_worker = renderers._new_worker
+    monkeypatch.setattr(renderers, "_new_worker", lambda num_cpus: started.append(num_cpus) or real_new_worker(num_cpus))
     serial = Bars().make_video(tmp_path / "serial.mp4", _heights(40), fps=20, num_workers=1)
-    parallel = Bars().make_video(tmp_path / "parallel.mp4", _heights(40), fps=20, num_workers=2, chunk_size=3)
+    assert started == []  # one drawing process: this one, no Ray
+    parallel = Bars().make_video(tmp_path / "parallel.mp4", _heights(40), fps=20, num_workers=3, chunk_size=3)
+    assert len(started) == 2  # three drawing processes: this one and two actors
     assert parallel.read_bytes() == serial.read_bytes()
     shuffled = [IndexedFrameParams(i, h) for i, h in reversed(list(enumerate(_heights(40))))]
     again = Bars().make_video(tmp_path / "shuffled.mp4", iter(shuffled), fps=20, num_workers=2)

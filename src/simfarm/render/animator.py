@@ -10,8 +10,9 @@ Subclass :class:`Animator` and define two methods:
   figure (needed when axis limits, ticks or titles change).
 
 Then ``make_video("out.mp4", param_by_frame, fps=30, num_workers=-1)``.
-With one worker, frames are drawn in this process (no Ray at all). With
-more, render actors each call ``setup()`` once and draw chunks of frames
+``num_workers`` counts the drawing processes, this one included. With one,
+frames are drawn here (no Ray at all). With n > 1, n - 1 render actors
+each call ``setup()`` once and draw chunks of frames
 handed out dynamically; frames return to this process and one encoder
 (:class:`~simfarm.render.video.Mp4Writer`) writes them in frame order.
 While no actor result is waiting (above all while the actors start), this
@@ -251,10 +252,11 @@ class Animator:
                 ``params`` (list, tuple or generator), or
                 :class:`IndexedFrameParams` items in any order.
             fps: Frame rate: int, float or Fraction.
-            num_workers: 1 draws in this process without Ray; n > 1 uses n
-                render actors (a local Ray is started when none is
-                initialised), and this process draws too while it waits
-                for them; -1 all CPUs, -2 all but one, ...
+            num_workers: Processes that draw, this one included: 1 draws
+                here without Ray; n > 1 starts n - 1 render actors (and a
+                local Ray when none is initialised) while this process
+                draws whenever no actor's frames are waiting to be encoded;
+                -1 all CPUs, -2 all but one, ...
             n_frames: Read at most this many items (None: all).
             chunk_size: Frames per actor request (None: chosen from the
                 frame count when known, else 8).
@@ -296,7 +298,11 @@ class Animator:
                     local = _LazyDrawer(self)  # this process draws too while it waits
                     try:
                         actors = pool.actors if pool is not None else None
-                        for frame_id, frame in animate_frames(self, items, workers, chunk_size=chunk_size,
+                        # num_workers counts the drawing processes, this one included: a
+                        # new actor costs a process start (Ray + matplotlib imports, ~1 s
+                        # of CPU) that this already set-up process does not.
+                        n_actors = workers - 1 if pool is None else workers
+                        for frame_id, frame in animate_frames(self, items, n_actors, chunk_size=chunk_size,
                                                               local_draw=local.draw, actors=actors):
                             order.push(frame_id, frame)
                     finally:
