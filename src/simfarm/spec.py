@@ -424,7 +424,7 @@ def _read_runtime_env(r: ParamReader | None) -> dict[str, Any] | None:
 
 
 def _read_render(table: Any, render_workers: int | None) -> Any:
-    from simfarm.render.tasks import validate_render
+    from simfarm.render.options import validate_render
 
     options = validate_render(table if table is not None else {}, "render")
     if render_workers is not None:

@@ -38,7 +38,6 @@ from simfarm import __version__
 from simfarm.errors import RunDirError
 from simfarm.records import EpisodeTrace, Record, check_metrics, json_safe
 from simfarm.store import (
-    TABLE_FILES,
     RunPaths,
     atomic_write,
     build_tables,
@@ -659,12 +658,12 @@ class Coordinator:
     # ------------------------------------------------------------------
     def _render_setup(self) -> Any:
         """The render options, creating the RenderWorker pool on first use (None = rendering off)."""
-        if self._render_options is None:
-            from simfarm.render.tasks import RenderOptions
+        from simfarm.render.options import RenderOptions, rendering_on  # light: no pandas
 
+        if self._render_options is None:
             self._render_options = RenderOptions(**self.options.get("render", {}))
         opts = self._render_options
-        if not (opts.gifs or opts.episode_gifs or opts.curves or opts.mp4 or opts.report):
+        if not rendering_on(opts):
             return None
         if self._render_pool is None:
             from simfarm.farm.renderers import RenderPool

@@ -27,6 +27,7 @@ from simfarm.farm.coordinator import Coordinator
 from simfarm.farm.local import init_local_ray
 from simfarm.farm.workers import WORKER_CLASSES, thread_env
 from simfarm.progress import Progress
+from simfarm.render.options import rendering_on
 from simfarm.spec import RunSpec, load_spec, parse_spec
 from simfarm.store import RunResult, is_live, open_run, read_manifest
 
@@ -139,7 +140,7 @@ def _execute(
     dashboard: bool = False,
 ) -> RunResult:
     farm = spec.farm
-    render_workers = int(spec.render.workers) if _rendering_on(spec) else 0
+    render_workers = int(spec.render.workers) if rendering_on(spec.render) else 0
     connection = _connect(spec, address, workers, render_workers, dashboard, quiet)
     progress = Progress(spec.name, quiet=quiet)
     pool: _WorkerPool | None = None
@@ -219,11 +220,6 @@ def _get(ref: Any) -> Any:
             raise cause from None
         text = str(cause).strip().splitlines()
         raise RunDirError(f"the run's coordinator failed: {text[-1] if text else cause}") from None
-
-
-def _rendering_on(spec: RunSpec) -> bool:
-    r = spec.render
-    return bool(r.gifs or r.episode_gifs or r.curves or r.mp4 or r.report)
 
 
 def _render_dict(spec: RunSpec) -> dict[str, Any]:

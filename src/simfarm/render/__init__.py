@@ -74,22 +74,23 @@ _WHERE = {
     "encode_mp4": "video",
     "write_mp4": "video",
     "build_report": "report",
-    "RenderOptions": "tasks",
+    "RenderOptions": "options",
     "RenderTask": "tasks",
     "job_tasks": "tasks",
-    "options_for_only": "tasks",
+    "options_for_only": "options",
     "report_task": "tasks",
     "run_task": "tasks",
     "sweep_tasks": "tasks",
     "trace_tasks": "tasks",
     "stored_trace_tasks": "tasks",
-    "validate_render": "tasks",
+    "validate_render": "options",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors only
     from simfarm.render.animator import *  # noqa: F403
     from simfarm.render.curves import *  # noqa: F403
     from simfarm.render.gif import *  # noqa: F403
+    from simfarm.render.options import *  # noqa: F403
     from simfarm.render.report import *  # noqa: F403
     from simfarm.render.tasks import *  # noqa: F403
     from simfarm.render.video import *  # noqa: F403
