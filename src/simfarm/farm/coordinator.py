@@ -42,6 +42,7 @@ from simfarm.store import (
     atomic_write,
     build_tables,
     dumps_json,
+    preload_table_libraries,
     read_journal,
     read_manifest,
     table_to_parquet_bytes,
@@ -449,6 +450,7 @@ class Coordinator:
             means the job is no longer this worker's (it should stop running it).
         """
         started = time.perf_counter()
+        preload_table_libraries()  # the run is under way: load what finish() and job renders need
         job = self.jobs.get(batch["job_id"])
         if job is None or job.status != "running" or job.worker != batch["worker"]:
             self.records_dropped += len(batch["records"])

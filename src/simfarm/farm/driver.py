@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +29,7 @@ from simfarm.farm.workers import WORKER_CLASSES, thread_env
 from simfarm.progress import Progress
 from simfarm.render.options import rendering_on
 from simfarm.spec import RunSpec, load_spec, parse_spec
-from simfarm.store import RunResult, is_live, open_run, read_manifest
+from simfarm.store import RunResult, is_live, open_run, preload_table_libraries, read_manifest
 
 __all__ = ["run", "resume", "DEFAULT_OUT", "NAMESPACE"]
 
@@ -186,7 +184,8 @@ def _execute(
             status = _call(coordinator.poll)
             progress.update(status)
             if status["done"]:
-                _preload_table_libraries()
+                # Once a job is done (not earlier: the cores are busy starting actors).
+                preload_table_libraries()
         pool.stop()
         final = _call(coordinator.finish)
         progress.update(final, final=True)
@@ -208,33 +207,6 @@ def _execute(
         if connection != "attached":
             ray.shutdown()
     return open_run(run_dir)
-
-
-def _preload_table_libraries() -> None:
-    """Import pandas and pyarrow in a background thread, once per process.
-
-    ``open_run`` needs them to read the tables back when the run ends;
-    imported then, they would add ~0.3 s to its end. This process only
-    waits while the run goes on, so the import overlaps the simulation.
-    Called once the first job is done, not earlier: at the start the cores
-    are busy starting actor processes.
-    """
-    global _preloading
-    if _preloading or "pyarrow.parquet" in sys.modules:
-        return
-    _preloading = True
-
-    def load() -> None:
-        try:
-            import pandas  # noqa: F401
-            import pyarrow.parquet  # noqa: F401
-        except Exception:  # noqa: BLE001 - only a warm-up: open_run's own import reports problems
-            pass
-
-    threading.Thread(target=load, name="simfarm-preload", daemon=True).start()
-
-
-_preloading = False
 
 
 def _call(method: Any, *args: Any) -> Any:
