@@ -101,6 +101,9 @@ def bench_bookkeeping(n_jobs: int, poll_every: int = 10) -> float:
     it every *poll_every* jobs, as a driver's progress loop would. Compare
     the figure at two job counts: equal means the bookkeeping is linear.
     """
+    import pandas  # noqa: F401 - loaded up front: the coordinator preloads it, which is not bookkeeping
+    import pyarrow.parquet  # noqa: F401
+
     from simfarm.farm.coordinator import Coordinator
     from simfarm.spec import load_spec
 
