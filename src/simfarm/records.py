@@ -85,6 +85,17 @@ class EpisodeTrace:
             "meta": np.frombuffer(json.dumps(meta, default=_json_default).encode(), dtype=np.uint8),
         }
 
+    @staticmethod
+    def meta_from_npz_arrays(arrays: Any) -> dict[str, Any]:
+        """The ``meta`` member of :meth:`to_npz_arrays` decoded: :meth:`summary` plus ``metadata``.
+
+        Reads nothing else of an ``NpzFile`` (its frames stay on disk).
+
+        Raises:
+            KeyError: When there is no ``meta`` array.
+        """
+        return json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
+
     @classmethod
     def from_npz_arrays(cls, arrays: Any) -> EpisodeTrace:
         """Inverse of :meth:`to_npz_arrays` (accepts an ``NpzFile`` or a dict).
@@ -92,7 +103,7 @@ class EpisodeTrace:
         Raises:
             KeyError: When a required array is missing.
         """
-        meta = json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
+        meta = cls.meta_from_npz_arrays(arrays)
         return cls(
             episode=int(meta["episode"]),
             env_id=int(meta["env_id"]),

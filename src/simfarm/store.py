@@ -466,7 +466,7 @@ def read_trace_meta(path: str | Path) -> dict[str, Any]:
         :meth:`EpisodeTrace.summary` keys plus ``metadata``.
     """
     with np.load(path, allow_pickle=False) as arrays:
-        return json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
+        return EpisodeTrace.meta_from_npz_arrays(arrays)
 
 
 def read_snapshots(run_dir: str | Path, job_id: str) -> list[dict[str, Any]]:

@@ -496,9 +496,9 @@ class Coordinator:
             job.checkpoint_step = step
         self.records_committed += len(fresh)
         self._rate_window.append((time.time(), self.records_committed))
-        for record in fresh:
-            for trace in record.traces:
-                self._submit_renders("trace", job, trace)
+        for record, entry in zip(fresh, entries, strict=False):  # entries start with fresh's records
+            for trace, written in zip(record.traces, entry["traces"], strict=True):
+                self._submit_renders("trace", job, trace, self.paths.root / written["trace"])
         if error is not None:
             self._fail(job, error, batch.get("traceback"), journal=False)
         elif done:
@@ -673,7 +673,9 @@ class Coordinator:
             self._render_pool = RenderPool(int(opts.workers))
         return opts
 
-    def _submit_renders(self, event: str, job: _Job, trace: EpisodeTrace | None = None) -> None:
+    def _submit_renders(
+        self, event: str, job: _Job, trace: EpisodeTrace | None = None, trace_file: Path | None = None
+    ) -> None:
         """Queue the live render tasks for a committed trace or a finished job."""
         try:
             opts = self._render_setup()
@@ -682,12 +684,11 @@ class Coordinator:
             from simfarm.render import tasks as render_tasks
 
             if event == "trace":
-                assert trace is not None
-                # The trace is on disk already: render actors read it there
-                # instead of this actor shipping its frames.
+                assert trace is not None and trace_file is not None
+                # The trace is on disk already (trace_file): render actors read
+                # it there instead of this actor shipping its frames.
                 new = render_tasks.stored_trace_tasks(
-                    job.job_id, self.paths.path(RunPaths.trace_rel(job.job_id, int(trace.episode))), opts,
-                    summary=trace.summary(), metadata=trace.metadata,
+                    job.job_id, trace_file, opts, summary=trace.summary(), metadata=trace.metadata
                 )
             else:
                 import pandas as pd
